@@ -1,0 +1,23 @@
+# The two Quick start commands are `make demo` and `make test`; each sets up what it needs.
+PY := .venv/bin/python
+
+.PHONY: setup demo test test-fast bench clean
+setup:
+	bash scripts/setup_env.sh
+
+demo: setup
+	$(PY) demo.py
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+# Without the Caffe build (tests that need Caffe skip, or fail when CI=true).
+test-fast:
+	DLBHC_NO_CAFFE=1 bash scripts/setup_env.sh
+	$(PY) -m pytest -q -ra
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf build .venv *.egg-info

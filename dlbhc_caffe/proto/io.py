@@ -1,0 +1,209 @@
+"""Read and write Caffe's artifacts: prototxt (text), caffemodel / solverstate / binaryproto
+(binary), Datum records, and numpy <-> BlobProto.
+
+Text or binary is chosen by the file's extension (`is_binary_path`). Every error names the file,
+and for text the line, so a user can open the culprit. Writes are atomic: a temporary file in the
+same folder, renamed over the target when complete, so an interrupted write never leaves half a
+file behind.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import message as _message
+from google.protobuf import text_format
+
+from . import dlbhc_caffe_pb2 as pb
+
+BINARY_SUFFIXES = {".caffemodel", ".solverstate", ".binaryproto", ".pb", ".bin"}
+
+
+class ProtoError(ValueError):
+    """A Caffe file that cannot be read or does not mean what it must."""
+
+
+def is_binary_path(path):
+    """True for Caffe's binary artifacts (.caffemodel, .solverstate, .binaryproto, .pb, .bin)."""
+    return Path(path).suffix.lower() in BINARY_SUFFIXES
+
+
+def _text_error(path, err):
+    line = err.GetLine() if hasattr(err, "GetLine") else None
+    where = f"{path}:{line}" if line else str(path)
+    detail = str(err)
+    # protobuf prefixes "line:col : "; the location is already in `where`.
+    if line and ":" in detail:
+        head, _, rest = detail.partition(" : ")
+        if rest and head.replace(":", "").isdigit():
+            detail = rest
+    return ProtoError(f"{where}: {detail}")
+
+
+def parse_text(text, message, path="<string>"):
+    """Parse prototxt `text` into `message` (an instance), naming `path` and the line on error."""
+    try:
+        text_format.Merge(text, message)
+    except text_format.ParseError as err:
+        raise _text_error(path, err) from None
+    return message
+
+
+def read_text(path, message_type):
+    """Read a prototxt file as `message_type` (e.g. pb.NetParameter)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ProtoError(f"{path}: cannot read ({err.strerror})") from None
+    return parse_text(text, message_type(), path)
+
+
+def read_binary(path, message_type):
+    """Read a binary protobuf file (caffemodel, solverstate, binaryproto) as `message_type`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ProtoError(f"{path}: cannot read ({err.strerror})") from None
+    msg = message_type()
+    try:
+        msg.ParseFromString(data)
+    except _message.DecodeError as err:
+        raise ProtoError(f"{path}: not a binary {message_type.DESCRIPTOR.name} "
+                         f"(truncated or corrupt: {err})") from None
+    return msg
+
+
+def read_message(path, message_type):
+    """Read `path` as text or binary by its extension."""
+    reader = read_binary if is_binary_path(path) else read_text
+    return reader(path, message_type)
+
+
+def atomic_write_bytes(path, data):
+    """Write `data` to `path` whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def format_text(message):
+    """Prototxt text of `message`, as Caffe writes it (fields in schema order)."""
+    return text_format.MessageToString(message)
+
+
+def write_text(message, path):
+    """Write `message` as prototxt."""
+    return atomic_write_bytes(path, format_text(message).encode())
+
+
+def write_binary(message, path):
+    """Write `message` in protobuf's binary wire format."""
+    return atomic_write_bytes(path, message.SerializeToString())
+
+
+def write_message(message, path):
+    """Write `message` as text or binary by the extension of `path`."""
+    writer = write_binary if is_binary_path(path) else write_text
+    return writer(message, path)
+
+
+# ---------------------------------------------------------------- blobs
+
+def blob_shape(blob):
+    """The shape of a BlobProto: its BlobShape, or the legacy num/channels/height/width."""
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim)
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+        return (blob.num, blob.channels, blob.height, blob.width)
+    return (len(blob.data) or len(blob.double_data),)
+
+
+def blob_to_array(blob, diff=False):
+    """A BlobProto's data (or diff) as a float32 (float64 for double blobs) numpy array."""
+    shape = blob_shape(blob)
+    single, double = (blob.diff, blob.double_diff) if diff else (blob.data, blob.double_data)
+    if len(double) and not len(single):
+        values = np.asarray(double, dtype=np.float64)
+    else:
+        values = np.asarray(single, dtype=np.float32)
+    if values.size != int(np.prod(shape, dtype=np.int64)):
+        raise ProtoError(f"blob of shape {shape} holds {values.size} values")
+    return values.reshape(shape)
+
+
+def array_to_blob(array, diff=None, legacy_4d=False):
+    """A BlobProto holding `array` (float32) and optionally `diff`.
+
+    legacy_4d writes num/channels/height/width instead of BlobShape, as old binaryproto means
+    (and the original's imagenet_mean.binaryproto) do; only for 4-D arrays.
+    """
+    array = np.asarray(array, dtype=np.float32)
+    blob = pb.BlobProto()
+    if legacy_4d:
+        if array.ndim != 4:
+            raise ValueError(f"legacy_4d needs a 4-D array, got shape {array.shape}")
+        blob.num, blob.channels, blob.height, blob.width = array.shape
+    else:
+        blob.shape.dim.extend(array.shape)
+    blob.data.extend(array.ravel().tolist())
+    if diff is not None:
+        blob.diff.extend(np.asarray(diff, dtype=np.float32).ravel().tolist())
+    return blob
+
+
+def read_blob(path):
+    """Read a .binaryproto BlobProto (a mean file, say) as a numpy array."""
+    blob = read_binary(path, pb.BlobProto)
+    try:
+        return blob_to_array(blob)
+    except ProtoError as err:
+        raise ProtoError(f"{path}: {err}") from None
+
+
+def write_blob(array, path, legacy_4d=True):
+    """Write a numpy array as a .binaryproto BlobProto (4-D legacy layout, as Caffe's means)."""
+    array = np.asarray(array, dtype=np.float32)
+    return write_binary(array_to_blob(array, legacy_4d=legacy_4d and array.ndim == 4), path)
+
+
+def read_mean(path):
+    """A mean file as C x H x W float32 (Caffe's means are 1 x C x H x W, BGR)."""
+    mean = read_blob(path)
+    if mean.ndim == 4 and mean.shape[0] == 1:
+        mean = mean[0]
+    if mean.ndim != 3:
+        raise ProtoError(f"{path}: a mean must be 1 x C x H x W, got shape {mean.shape}")
+    return mean
+
+
+# ---------------------------------------------------------------- Datum records
+
+def datum_from_array(image, label=0):
+    """A Datum of a C x H x W uint8 image (raw pixels, channel-major, as Caffe stores them)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.dtype != np.uint8:
+        raise ValueError(f"a raw Datum needs a C x H x W uint8 array, got {image.dtype} "
+                         f"{image.shape}")
+    c, h, w = image.shape
+    return pb.Datum(channels=c, height=h, width=w, data=image.tobytes(), label=int(label))
+
+
+def datum_to_array(datum):
+    """A raw Datum's pixels as C x H x W (uint8, or float32 for float_data records)."""
+    if datum.encoded:
+        raise ProtoError("encoded Datum: decode it with dlbhc_caffe.datasets (needs Pillow)")
+    shape = (datum.channels, datum.height, datum.width)
+    if datum.data:
+        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
+    return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
