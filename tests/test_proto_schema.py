@@ -48,7 +48,15 @@ KNOWN_DIFFERENCES = {
 }
 
 
-FORK_ONLY_FIELDS = {"V1LayerParameter": {"batch_norm_param", "bn_param"}}
+# Extras of the brocolli-caffe fork (SSD and others) that BVLC Caffe does not have.
+FORK_ONLY_FIELDS = {
+    "V1LayerParameter": {"batch_norm_param", "bn_param"},
+    "TransformationParameter": {"crop_h", "crop_w", "emit_constraint", "noise_param",
+                                "old_resize_param"},
+    "BatchNormParameter": {"bias_filler", "do_all_reduce", "use_alpha_beta", "weight_filler"},
+    "ConvolutionParameter": {"height_group", "width_group"},
+    "PoolingParameter": {"ceil_mode"},
+}
 
 
 def test_every_message_and_field_matches_real_caffe(caffe_pb2):
