@@ -1,0 +1,118 @@
+"""Run folders: runs/<dataset>_<net>_<bits>/ with the nets, the solver, snapshots and logs.
+
+A run folder holds train_val.prototxt, deploy.prototxt, solver.prototxt (absolute paths inside,
+since Caffe resolves them against its working directory), the snapshots
+<prefix>_iter_N.caffemodel / .solverstate, final.caffemodel, log.txt, run.json and loss.png.
+An existing folder is refused unless the user asks to start it over (force) or to continue
+it (resume).
+
+>>> default_run_name("cifar10", "kevinnet", 48)
+'cifar10_kevinnet_48'
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import netgen
+
+RUNS_ROOT = Path("runs")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Files a run writes; --force removes exactly these (and snapshots), nothing else.
+RUN_FILES = netgen.NET_FILES + ("run.json", "log.txt", "loss.png", "final.caffemodel")
+SNAPSHOT_PATTERNS = ("*_iter_*.caffemodel", "*_iter_*.solverstate")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked; the message says what to do."""
+
+
+def default_run_name(dataset, net, bits):
+    """runs/<name>: dataset, net and bits, e.g. cifar10_kevinnet_48."""
+    return f"{dataset}_{net}_{bits}"
+
+
+def run_artifacts(folder):
+    """The files in `folder` that a run writes (nets, solver, snapshots, logs, run.json)."""
+    folder = Path(folder)
+    found = [folder / name for name in RUN_FILES if (folder / name).is_file()]
+    for pattern in SNAPSHOT_PATTERNS:
+        found += sorted(p for p in folder.glob(pattern) if p.is_file())
+    return found
+
+
+def check_run_folder(folder, *, force=False, resume=False):
+    """Raise RunFolderError unless `folder` may be used: new or empty, or force / resume given.
+
+    Never a folder inside the repository's prototxt/ (the committed reference files).
+    """
+    folder = Path(folder)
+    reference = REPO_ROOT / "prototxt"
+    resolved = folder.resolve()
+    if resolved == reference or reference in resolved.parents:
+        raise RunFolderError(f"{folder}: run folders never go in {reference} (the committed "
+                             "reference files live there); choose another --out")
+    if force and resume:
+        raise RunFolderError("--force starts a run over and --resume continues it: give one")
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"{folder} exists and is not a folder; choose another --out")
+    if resume:
+        if not (folder / "solver.prototxt").is_file():
+            raise RunFolderError(f"{folder}: nothing to resume (no solver.prototxt there); "
+                                 "start the run without --resume")
+        return folder
+    if folder.is_dir() and any(folder.iterdir()) and not force:
+        raise RunFolderError(f"run folder {folder} already exists; use --force to start it over "
+                             "(its run files are replaced) or --resume to continue it")
+    return folder
+
+
+def clear_run_folder(folder):
+    """Remove the run files of `folder` (see run_artifacts); other files stay. Returns them."""
+    removed = run_artifacts(folder)
+    for path in removed:
+        path.unlink()
+    return removed
+
+
+@dataclass
+class RunPlan:
+    """A run, before anything is written: its folder, nets, solver, and what was assumed."""
+
+    folder: Path
+    spec: netgen.NetSpec
+    solver: netgen.SolverSpec
+    notes: list = field(default_factory=list)
+
+    @property
+    def files(self):
+        """{file name: path} of the net files in the run folder."""
+        return {name: self.folder / name for name in netgen.NET_FILES}
+
+
+def plan_run(*, dataset="cifar10", root="data", net="kevinnet", bits=48, classes=None, db=None,
+             batch_size=None, test_batch_size=None, crop=None, mean_file=None, mean_value=None,
+             base_lr=None, max_iter=None, test_iter=None, test_interval=None, snapshot=None,
+             seed=None, solver_mode="CPU", out=None, runs_root=RUNS_ROOT):
+    """A RunPlan with absolute paths; raises netgen.NetSpecError for choices that cannot work.
+
+    The folder is `out`, or runs_root/<dataset>_<net>_<bits>; nothing is written yet.
+    """
+    spec = netgen.plan_net(dataset, root=root, net=net, bits=bits, classes=classes, db=db,
+                           batch_size=batch_size, test_batch_size=test_batch_size, crop=crop,
+                           mean_file=mean_file, mean_value=mean_value, absolute=True)
+    solver = netgen.plan_solver(spec, base_lr=base_lr, max_iter=max_iter, test_iter=test_iter,
+                                test_interval=test_interval, snapshot=snapshot, seed=seed,
+                                solver_mode=solver_mode)
+    folder = Path(out) if out is not None else Path(runs_root) / default_run_name(dataset, net,
+                                                                                 bits)
+    return RunPlan(folder=folder.resolve(), spec=spec, solver=solver, notes=list(spec.notes))
+
+
+def write_net_files(plan, *, force=False):
+    """Check the run folder, clear its run files when `force`, and write the three net files.
+
+    Returns {file name: absolute path}.
+    """
+    check_run_folder(plan.folder, force=force)
+    if force and plan.folder.is_dir():
+        clear_run_folder(plan.folder)
+    return netgen.write_net_files(plan.spec, plan.solver, plan.folder)
