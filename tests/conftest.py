@@ -43,3 +43,60 @@ def caffe_pb2(caffe):
     from caffe.proto import caffe_pb2 as module  # noqa: PLC0415
 
     return module
+
+
+@pytest.fixture(scope="session")
+def caffe_tools():
+    """Folder of real Caffe's command-line tools (upgrade_net_proto_text, ...).
+
+    scripts/build_caffe.sh writes the cache root of its build to .venv/caffe_home (one line); the
+    tools are in <root>/build/tools.
+    """
+    home_file = ROOT / ".venv" / "caffe_home"
+    if not home_file.is_file():
+        _unavailable(f"real Caffe's tools are not built ({home_file} is missing); run `make setup`")
+    tools = Path(home_file.read_text().strip()) / "build" / "tools"
+    if not (tools / "upgrade_net_proto_text").is_file():
+        _unavailable(f"no upgrade_net_proto_text in {tools}; rebuild Caffe with `make setup`")
+    return tools
+
+
+# ---------------------------------------------------------------- training (tests/test_train.py)
+
+# The shared small model: the small net on the embedded digits, 12 bits, trained once per session
+# through tools/train.py. design.md measured 600 iterations -> mAP@100 0.916 in 1-2 minutes here.
+SMALL_RUN_ARGS = ("--bits", "12", "--net", "small", "--dataset", "digits", "--seed", "1",
+                  "--max-iter", "600", "--test-interval", "100", "--snapshot", "300",
+                  "--backend", "caffe", "--no-progress")
+
+
+@pytest.fixture(scope="session")
+def digits_data_root(tmp_path_factory):
+    """A data folder holding digits/ as `tools/prepare.py --dataset digits` writes it."""
+    from dlbhc_caffe import datasets  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("data")
+    datasets.prepare("digits", root, progress=False, log=lambda *_: None)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_small_run(caffe, digits_data_root, tmp_path_factory):
+    """The small net trained on digits (12 bits) by tools/train.py, once per test session.
+
+    A dict: run (the run folder), root (the data folder holding digits/), stdout, seconds.
+    """
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    run = tmp_path_factory.mktemp("runs") / "digits_small_12"
+    command = [sys.executable, str(ROOT / "tools" / "train.py"), *SMALL_RUN_ARGS,
+               "--root", str(digits_data_root), "--out", str(run)]
+    started = time.time()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        pytest.fail(f"training the shared small model failed (exit {done.returncode}):\n"
+                    f"{done.stderr[-3000:]}", pytrace=False)
+    return {"run": run, "root": digits_data_root, "stdout": done.stdout,
+            "seconds": time.time() - started, "command": command}
