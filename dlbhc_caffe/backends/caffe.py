@@ -1,0 +1,322 @@
+"""The "caffe" backend: real BVLC Caffe through pycaffe, with checks in Python first.
+
+Re-exports pycaffe's surface (`Net`, `SGDSolver` and the other solvers, `get_solver`, `TRAIN`,
+`TEST`, `set_mode_cpu`, `set_mode_gpu`, `set_device`, `set_random_seed`, `layer_type_list`) as
+they are. Caffe's own log (glog) is quiet by default -- GLOG_minloglevel=2 (errors only) unless
+the environment sets it, applied before caffe is first imported or, when it came in earlier, to
+the running glog -- and `set_verbose(True)` turns its INFO lines back on.
+
+Caffe's CHECK failures abort the whole Python process with a C++ message. `validate_net` checks
+in Python what a net would abort on when Caffe builds it -- files that are missing, layer types
+this build lacks, records smaller than the crop, a mean of another size, pretrained weights of
+other shapes -- and raises NetValidationError naming the layer and the file instead.
+"""
+import ctypes
+import ctypes.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+_USER_LOG_LEVEL = "GLOG_minloglevel" in os.environ
+_CAFFE_WAS_IMPORTED = "caffe" in sys.modules
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+import caffe as _caffe  # noqa: E402  (after GLOG_minloglevel)
+from caffe import (TEST, TRAIN, AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: E402,F401
+                   NesterovSolver, Net, RMSPropSolver, SGDSolver, get_solver, layer_type_list,
+                   set_device, set_mode_cpu, set_mode_gpu, set_random_seed)
+
+from .. import proto  # noqa: E402
+from ..proto import pb  # noqa: E402
+
+name = "caffe"
+__version__ = getattr(_caffe, "__version__", "unknown")
+module = _caffe  # the pycaffe module itself, for what this surface does not re-export
+
+
+class NetValidationError(ValueError):
+    """A net Caffe would abort on; the message names the net, the layer and the file."""
+
+
+# ---------------------------------------------------------------- Caffe's log
+
+_GLOG_MINLOGLEVEL = "_ZN3fLI17FLAGS_minloglevelE"  # google::FLAGS_minloglevel (int32)
+
+
+def _glog_minloglevel():
+    """glog's FLAGS_minloglevel of the libglog Caffe loaded, as a ctypes int (None if unknown)."""
+    for candidate in ("libglog.so.1", "libglog.so.0", ctypes.util.find_library("glog")):
+        if not candidate:
+            continue
+        try:
+            return ctypes.c_int32.in_dll(ctypes.CDLL(candidate), _GLOG_MINLOGLEVEL)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def set_verbose(verbose=True):
+    """Show Caffe's own INFO log (verbose) or only its errors (quiet, the default).
+
+    Returns True when the level could be changed in the running process.
+    """
+    level = 0 if verbose else 2
+    os.environ["GLOG_minloglevel"] = str(level)
+    flag = _glog_minloglevel()
+    if flag is None:
+        return False
+    flag.value = level
+    return True
+
+
+if _CAFFE_WAS_IMPORTED and not _USER_LOG_LEVEL:
+    set_verbose(False)  # caffe came in before us: quiet it now
+
+
+# ---------------------------------------------------------------- GPU
+
+def has_cuda():
+    """Whether this Caffe was built with CUDA (its library loaded the CUDA runtime). A CPU_ONLY
+    Caffe aborts the process on the first GPU call."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            return any("libcudart" in line for line in maps)
+    except OSError:  # not Linux: let Caffe decide
+        return True
+
+
+def check_device(gpu):
+    """Raise BackendUnavailable unless GPU `gpu` can be used (None: the CPU, always fine)."""
+    if gpu is not None and not has_cuda():
+        from . import BackendUnavailable  # noqa: PLC0415
+
+        raise BackendUnavailable(
+            f"GPU {gpu} requested, but this Caffe is built CPU_ONLY ({_caffe.__file__}): train "
+            f"on the CPU (--cpu), use --backend torch for the GPU, or build Caffe with CUDA "
+            f"(see scripts/build_caffe.sh)")
+
+
+# ---------------------------------------------------------------- validation
+
+def _where(path):
+    path = Path(path)
+    return f"{path}" if path.is_absolute() else f"{path} (relative to {os.getcwd()})"
+
+
+def _first_record(source, backend, culprit):
+    from ..datasets.db import DatabaseError, detect_backend, open_db  # noqa: PLC0415
+
+    path = Path(source)
+    if not path.is_dir():
+        raise NetValidationError(f"{culprit}: database {_where(path)} does not exist")
+    declared = "lmdb" if backend == pb.DataParameter.LMDB else "leveldb"
+    try:
+        found = detect_backend(path)
+    except DatabaseError as err:
+        raise NetValidationError(f"{culprit}: {err}") from None
+    if found != declared:
+        raise NetValidationError(f"{culprit}: data_param says backend {declared.upper()} but "
+                                 f"{path} is a {found.upper()} database")
+    records = open_db(path, found)
+    try:
+        key, datum = next(records)
+    except StopIteration:
+        raise NetValidationError(f"{culprit}: database {path} holds no records") from None
+    except DatabaseError as err:
+        hint = " (is it open in another process?)" if "lock" in str(err).lower() else ""
+        raise NetValidationError(f"{culprit}: {err}{hint}") from None
+    finally:
+        records.close()
+    return datum
+
+
+def _check_transform(layer, shape, culprit):
+    """Caffe's DataTransformer checks for records of `shape` (C, H, W)."""
+    channels, height, width = shape
+    tp = layer.transform_param
+    crop = tp.crop_size
+    if crop and (crop > height or crop > width):
+        raise NetValidationError(f"{culprit}: crop_size {crop} is larger than the records "
+                                 f"({height}x{width})")
+    if tp.HasField("mean_file") and len(tp.mean_value):
+        raise NetValidationError(f"{culprit}: transform_param has both mean_file and mean_value; "
+                                 f"Caffe takes one")
+    if tp.HasField("mean_file"):
+        mean_path = Path(tp.mean_file)
+        if not mean_path.is_file():
+            raise NetValidationError(f"{culprit}: mean_file {_where(mean_path)} does not exist")
+        try:
+            mean = proto.read_mean(mean_path)
+        except proto.ProtoError as err:
+            raise NetValidationError(f"{culprit}: mean_file: {err}") from None
+        if tuple(mean.shape) != (channels, height, width):
+            raise NetValidationError(
+                f"{culprit}: mean_file {mean_path} is {'x'.join(map(str, mean.shape))} (CxHxW) "
+                f"but the records are {channels}x{height}x{width}: Caffe subtracts the mean at the "
+                f"record size, before cropping")
+    if len(tp.mean_value) not in (0, 1, channels):
+        raise NetValidationError(f"{culprit}: {len(tp.mean_value)} mean_value entries for "
+                                 f"{channels}-channel records (give 1 or {channels})")
+
+
+def _check_data_layer(layer, culprit, can_decode):
+    dp = layer.data_param
+    if not dp.source:
+        raise NetValidationError(f"{culprit}: data_param has no source")
+    if dp.batch_size < 1:
+        raise NetValidationError(f"{culprit}: data_param batch_size must be >= 1, "
+                                 f"got {dp.batch_size}")
+    datum = _first_record(dp.source, dp.backend, culprit)
+    if datum.encoded and not can_decode:
+        raise NetValidationError(f"{culprit}: {dp.source} holds encoded (PNG/JPEG) records and "
+                                 f"this Caffe is built without OpenCV; prepare the data with raw "
+                                 f"records (prepare.py --encoding raw)")
+    if datum.encoded:
+        from ..datasets.records import decode_datum  # noqa: PLC0415
+
+        shape = decode_datum(datum).shape
+    else:
+        shape = (datum.channels, datum.height, datum.width)
+        expected = datum.channels * datum.height * datum.width
+        size = len(datum.data) or len(datum.float_data)
+        if size != expected:
+            raise NetValidationError(f"{culprit}: the first record of {dp.source} holds {size} "
+                                     f"values for {datum.channels}x{datum.height}x{datum.width}")
+    _check_transform(layer, shape, culprit)
+    crop = layer.transform_param.crop_size
+    tops = [(dp.batch_size, shape[0], crop or shape[1], crop or shape[2]), (dp.batch_size,)]
+    return tops[:len(layer.top)]
+
+
+def _check_hdf5_layer(layer, culprit):
+    source = Path(layer.hdf5_data_param.source)
+    if not source.is_file():
+        raise NetValidationError(f"{culprit}: HDF5 file list {_where(source)} does not exist")
+    files = [line.strip() for line in source.read_text().splitlines() if line.strip()]
+    if not files:
+        raise NetValidationError(f"{culprit}: HDF5 file list {source} is empty")
+    for name_ in files:
+        if not Path(name_).is_file():
+            raise NetValidationError(f"{culprit}: {source} lists {_where(name_)}, which does "
+                                     f"not exist")
+    import h5py  # noqa: PLC0415
+
+    batch = layer.hdf5_data_param.batch_size
+    with h5py.File(files[0], "r") as f:
+        shapes = []
+        for top in layer.top:
+            if top not in f:
+                raise NetValidationError(f"{culprit}: {files[0]} has no dataset '{top}'")
+            shapes.append((batch,) + tuple(f[top].shape[1:]))
+    return shapes
+
+
+def _param_shapes(net, phase, input_shapes):
+    """{layer: [shape, ...]} of `net`'s learnable blobs, as Caffe sets them up.
+
+    Caffe itself infers them, on a copy of the net whose data layers are Input layers of the
+    shapes found in the records (batch 1): nothing is read and nothing can abort on data.
+    """
+    from ..train.weights import param_shapes  # noqa: PLC0415
+
+    shadow = pb.NetParameter()
+    shadow.CopyFrom(net)
+    del shadow.layer[:]
+    for layer in net.layer:
+        if layer.name in input_shapes:
+            stand_in = shadow.layer.add(name=layer.name, type="Input")
+            stand_in.top.extend(layer.top)
+            for shape in input_shapes[layer.name]:
+                stand_in.input_param.shape.add().dim.extend((1,) + tuple(shape[1:]))
+        else:
+            shadow.layer.add().CopyFrom(layer)
+    fd, tmp = tempfile.mkstemp(suffix=".prototxt", prefix="dlbhc-shapes-")
+    os.close(fd)
+    try:
+        proto.write_text(shadow, tmp)
+        return param_shapes(Net(tmp, TRAIN if phase == pb.TRAIN else TEST))
+    finally:
+        os.unlink(tmp)
+
+
+_NEEDS = {"ImageData": "Caffe built with OpenCV (USE_OPENCV := 1)",
+          "WindowData": "Caffe built with OpenCV (USE_OPENCV := 1)",
+          "Python": "Caffe built with WITH_PYTHON_LAYER := 1"}
+_DATA_TYPES = {"Data", "HDF5Data", "ImageData", "WindowData", "MemoryData", "Python"}
+
+
+def validate_net(prototxt, phase="TRAIN", weights=None, source=None):
+    """Check net `prototxt` (a path or a NetParameter) in `phase` as Caffe would build it.
+
+    Checks, each failure a NetValidationError naming the net, the layer and the file:
+    the prototxt exists and parses; every layer type is in this Caffe build; each Data layer's
+    database exists, matches its declared backend and holds records that Caffe can read
+    (the first record is read); crop_size fits the records; the mean_file exists and has the
+    records' size (mean_value: one, or one a channel); HDF5Data file lists exist; and, with
+    `weights`, the caffemodel exists and every layer it shares with the net by name has blobs of
+    the net's shapes (Caffe's CopyTrainedLayersFrom rule). Relative paths are read against the
+    working directory, as Caffe reads them.
+
+    Returns the net filtered to `phase` (a NetParameter) and, with weights, the WeightPlan:
+    (net, plan) -- plan is None without weights. `source` names the net in messages (default:
+    the path).
+    """
+    from ..train.netinfo import filter_net, phase_value  # noqa: PLC0415
+    from ..train.weights import WeightsError, plan_weight_copy  # noqa: PLC0415
+
+    phase = phase_value(phase)
+    if isinstance(prototxt, pb.NetParameter):
+        source, net = source or "<NetParameter>", proto.upgrade_net(prototxt)
+    else:
+        source = source or str(prototxt)
+        if not Path(prototxt).is_file():
+            raise NetValidationError(f"{_where(prototxt)}: no such net definition")
+        try:
+            net = proto.read_net(prototxt)
+        except proto.ProtoError as err:
+            raise NetValidationError(str(err)) from None
+    try:
+        net = filter_net(net, phase)
+    except proto.ProtoError as err:
+        raise NetValidationError(f"{source}: {err}") from None
+    known = set(layer_type_list())
+    can_decode = "ImageData" in known  # the OpenCV layers exist only when Caffe can decode
+    input_shapes = {}
+    for layer in net.layer:
+        culprit = f"{source}: layer '{layer.name}' ({layer.type})"
+        if layer.type not in known:
+            need = _NEEDS.get(layer.type)
+            raise NetValidationError(f"{culprit}: this Caffe build has no layer type "
+                                     f"'{layer.type}'" + (f"; it needs {need}" if need else ""))
+        if layer.type == "Data":
+            input_shapes[layer.name] = _check_data_layer(layer, culprit, can_decode)
+        elif layer.type == "HDF5Data":
+            input_shapes[layer.name] = _check_hdf5_layer(layer, culprit)
+        elif layer.type == "MemoryData":
+            mp = layer.memory_data_param
+            input_shapes[layer.name] = [(mp.batch_size, mp.channels, mp.height, mp.width),
+                                        (mp.batch_size,)][:len(layer.top)]
+    if weights is None:
+        return net, None
+    if not Path(weights).is_file():
+        raise NetValidationError(f"{_where(weights)}: no such weights file")
+    unknown = [l.name for l in net.layer if l.type in _DATA_TYPES and l.name not in input_shapes]
+    if unknown:
+        raise NetValidationError(f"{source}: cannot check weights without running data layer(s) "
+                                 f"{', '.join(unknown)}; check them on the built net instead "
+                                 f"(dlbhc_caffe.train.weights.plan_weight_copy)")
+    shapes = _param_shapes(net, phase, input_shapes)
+    try:
+        plan = plan_weight_copy(shapes, weights)
+    except (WeightsError, proto.ProtoError) as err:
+        raise NetValidationError(f"{source}: {err}") from None
+    return net, plan
+
+
+__all__ = [
+    "name", "Net", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
+    "AdaDeltaSolver", "AdamSolver", "get_solver", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu",
+    "set_device", "set_random_seed", "layer_type_list", "set_verbose", "validate_net",
+    "NetValidationError", "has_cuda", "check_device",
+]

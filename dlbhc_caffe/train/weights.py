@@ -1,0 +1,125 @@
+"""Pretrained weights copied by layer name, as `caffe train -weights` does.
+
+Caffe's Net::CopyTrainedLayersFrom walks the caffemodel's layers: a layer the net does not have is
+ignored; a layer it has gets every blob copied, and a different number of blobs or a different
+shape is fatal. The net's layers that the caffemodel lacks keep their fillers. Here the same walk
+is done in Python first, so a mismatch is an error naming the layer instead of an abort, and the
+three lists (copied, kept, ignored) can be reported.
+
+>>> import numpy as np, tempfile, os
+>>> from dlbhc_caffe import proto
+>>> model = proto.pb.NetParameter()
+>>> layer = model.layer.add(name="fc7", type="InnerProduct")
+>>> layer.blobs.add().CopyFrom(proto.array_to_blob(np.ones((4, 3))))
+>>> path = os.path.join(tempfile.mkdtemp(), "m.caffemodel")
+>>> _ = proto.write_binary(model, path)
+>>> plan = plan_weight_copy({"fc7": [(4, 3)], "fc8": [(2, 4), (2,)]}, path)
+>>> plan.copied, plan.kept, plan.ignored
+(['fc7'], ['fc8'], [])
+>>> plan_weight_copy({"fc7": [(5, 3)]}, path)
+Traceback (most recent call last):
+...
+dlbhc_caffe.train.weights.WeightsError: ...: layer 'fc7', param 0: shape (4, 3) in the weights, (5, 3) in the net
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import proto
+
+
+class WeightsError(ValueError):
+    """Pretrained weights that do not fit the net; names the file and the layer."""
+
+
+@dataclass
+class WeightPlan:
+    """What copying a caffemodel into a net does, by layer name."""
+    path: str
+    copied: list = field(default_factory=list)   # in both: values from the caffemodel
+    kept: list = field(default_factory=list)     # in the net only: keep their fillers
+    ignored: list = field(default_factory=list)  # in the caffemodel only: not used
+
+    def summary(self):
+        """Lines describing the plan, for the training log."""
+        lines = [f"Copying weights from {self.path}: {len(self.copied)} layers "
+                 f"({', '.join(self.copied) or 'none'})"]
+        if self.kept:
+            lines.append(f"Layers not in the weights keep their fillers: {', '.join(self.kept)}")
+        if self.ignored:
+            lines.append(f"Ignoring source layers absent from the net: {', '.join(self.ignored)}")
+        return lines
+
+
+def _legacy_shape(blob):
+    fields = ("num", "channels", "height", "width")
+    if blob.HasField("shape") or not any(blob.HasField(f) for f in fields):
+        return None
+    return tuple(getattr(blob, f) for f in fields)
+
+
+def _shapes_equal(blob, target):
+    """Caffe's Blob::ShapeEquals: a legacy 4-D blob matches a target padded to 4 axes with 1s."""
+    legacy = _legacy_shape(blob)
+    target = tuple(int(d) for d in target)
+    if legacy is not None:
+        return len(target) <= 4 and (1,) * (4 - len(target)) + target == legacy
+    return proto.blob_shape(blob) == target
+
+
+def read_weight_shapes(path):
+    """{layer name: [BlobProto, ...]} of a caffemodel's layers that hold blobs (any format)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    net = proto.read_net(path)
+    return {layer.name: list(layer.blobs) for layer in net.layer if len(layer.blobs)}
+
+
+def plan_weight_copy(target, weights):
+    """The WeightPlan of copying caffemodel `weights` into a net whose learnable blobs are
+    `target` ({layer name: [shape, ...]}, e.g. from `param_shapes(net)`).
+
+    weights: a caffemodel path, or (path, read_weight_shapes(path)) to reuse one read.
+    Raises WeightsError naming the file and the layer on a different number of blobs or shape.
+    """
+    if isinstance(weights, tuple):
+        weights, source = weights
+    else:
+        source = read_weight_shapes(weights)
+    plan = WeightPlan(path=str(weights))
+    for name, blobs in source.items():
+        if name not in target:
+            plan.ignored.append(name)
+            continue
+        shapes = target[name]
+        if len(blobs) != len(shapes):
+            raise WeightsError(f"{weights}: layer '{name}' has {len(blobs)} blobs in the weights, "
+                               f"{len(shapes)} in the net (e.g. bias_term differs)")
+        for i, (blob, shape) in enumerate(zip(blobs, shapes)):
+            if not _shapes_equal(blob, shape):
+                have = _legacy_shape(blob) or proto.blob_shape(blob)
+                raise WeightsError(f"{weights}: layer '{name}', param {i}: shape {tuple(have)} "
+                                   f"in the weights, {tuple(shape)} in the net")
+        plan.copied.append(name)
+    plan.kept = [name for name in target if name not in source]
+    return plan
+
+
+def param_shapes(net):
+    """{layer name: [shape, ...]} of a pycaffe-shaped net's learnable blobs (`net.params`)."""
+    return {name: [tuple(blob.data.shape) for blob in blobs] for name, blobs in net.params.items()}
+
+
+def copy_weights(nets, weights):
+    """Copy caffemodel `weights` into each of `nets` (pycaffe-shaped) by layer name.
+
+    The plan is checked against every net first (so nothing is copied unless all fit), then each
+    net's own `copy_from` does the copy. Returns the WeightPlan of the first net (the training net
+    of a solver).
+    """
+    nets = list(nets)
+    source = read_weight_shapes(weights)
+    plans = [plan_weight_copy(param_shapes(net), (weights, source)) for net in nets]
+    for net in nets:
+        net.copy_from(str(weights))
+    return plans[0]

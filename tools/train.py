@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Train a DLBHC net: write its train_val / deploy / solver into a run folder, then train.
+
+    python tools/train.py --bits 48 --dry-run                 # KevinNet on CIFAR-10, files only
+    python tools/train.py --bits 12 --net small --dataset digits --dry-run
+
+The run folder is runs/<dataset>_<net>_<bits>/ unless --out is given; it must not exist yet
+(--force starts it over, --resume continues it). With --dry-run the three prototxt files are
+written (absolute paths inside) and their paths printed; nothing is trained.
+
+Dataset facts (classes, databases, record shape, mean) come from data/<dataset>/dataset.json,
+written by tools/prepare.py; without it CIFAR-10's defaults are used, and a note says so.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dlbhc_caffe import netgen, runs  # noqa: E402
+
+
+def _mean_values(text):
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected one number or one a channel separated by commas (e.g. 104,117,123), "
+            f"got {text!r}") from None
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bits", type=int, required=True,
+                   help=f"code length: units of the latent layer fc8_kevin, 1..{netgen.MAX_BITS} "
+                        f"(the paper: {', '.join(map(str, netgen.PAPER_BITS))})")
+    p.add_argument("--dataset", default="cifar10",
+                   help="dataset name (default: cifar10); reads <root>/<dataset>/dataset.json "
+                        "when it exists")
+    p.add_argument("--net", choices=netgen.NETS, default="kevinnet",
+                   help="kevinnet (default): CaffeNet + latent layer on 256x256 records, 227 "
+                        "crops (the paper); small: 3 conv + fc7 of 64 for 32x32 records, from "
+                        "scratch on a CPU")
+    p.add_argument("--root", default="data",
+                   help="data folder holding <dataset>/ and ilsvrc12/imagenet_mean.binaryproto "
+                        "(default: data)")
+    p.add_argument("--db", choices=("leveldb", "lmdb"), default=None,
+                   help="database type (default: the manifest's, else leveldb)")
+    p.add_argument("--classes", type=int, default=None,
+                   help="number of classes (default: the manifest's, else 10 for CIFAR-10)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="training batch size (default: 32 kevinnet, 64 small)")
+    p.add_argument("--test-batch-size", type=int, default=None,
+                   help="test batch size (default: 32 kevinnet, 100 small)")
+    p.add_argument("--crop", type=int, default=None,
+                   help="crop size, at most the record size (default: 227 kevinnet, none small)")
+    mean = p.add_mutually_exclusive_group()
+    mean.add_argument("--mean-file", default=None,
+                      help="mean .binaryproto at the record size (default: <root>/ilsvrc12/"
+                           "imagenet_mean.binaryproto for kevinnet, the dataset's own mean for "
+                           "small)")
+    mean.add_argument("--mean-value", type=_mean_values, default=None,
+                      help="mean value(s) to subtract instead of a mean file: one, or one a "
+                           "channel (BGR), comma separated")
+    p.add_argument("--test-interval", type=int, default=None,
+                   help="iterations between tests (default: 100 kevinnet as the original, 200 "
+                        "small)")
+    p.add_argument("--test-iter", type=int, default=None,
+                   help="test batches per test (default: 100 kevinnet, the whole test set small)")
+    p.add_argument("--max-iter", type=int, default=None,
+                   help="training iterations (default: 50000 kevinnet, 1000 small); the lr "
+                        "steps down x0.1 at half of it")
+    p.add_argument("--base-lr", type=float, default=None,
+                   help="base learning rate (default: 0.001 kevinnet, 0.01 small)")
+    p.add_argument("--snapshot", type=int, default=None,
+                   help="iterations between snapshots, 0 for none (default: 10000 kevinnet, "
+                        "500 small)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed (solver random_seed); default: Caffe's own")
+    p.add_argument("--solver-mode", choices=("cpu", "gpu"), default="cpu",
+                   help="solver_mode written into solver.prototxt, for Caffe's command line "
+                        "(default: cpu)")
+    p.add_argument("--out", default=None,
+                   help="run folder (default: runs/<dataset>_<net>_<bits>)")
+    p.add_argument("--force", action="store_true",
+                   help="start an existing run folder over (its run files are replaced)")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="SOLVERSTATE",
+                   help="continue an existing run folder from SOLVERSTATE (default: its latest "
+                        "snapshot) with the folder's own nets and solver: the iteration, the lr "
+                        "schedule and the momentum history are restored; a .solverstate holds no "
+                        "data cursor, so the Data layer reads from the first record again")
+    training = p.add_argument_group("training (without --dry-run)")
+    training.add_argument("--weights", default=None, metavar="caffenet|PATH|none",
+                          help="pretrained caffemodel copied by layer name as `caffe train "
+                               "-weights` does (default: caffenet for kevinnet, from <root>/"
+                               "models; none for small)")
+    device = training.add_mutually_exclusive_group()
+    device.add_argument("--gpu", type=int, default=None, metavar="ID",
+                        help="train on GPU ID (also writes solver_mode: GPU)")
+    device.add_argument("--cpu", action="store_true", help="train on the CPU (the default)")
+    training.add_argument("--backend", choices=("auto", "caffe", "torch"), default="auto",
+                          help="engine: real Caffe (pycaffe) or PyTorch; auto takes caffe when "
+                               "it imports")
+    training.add_argument("--verbose", action="store_true",
+                          help="show the engine's own log (Caffe's glog INFO lines)")
+    training.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write train_val/deploy/solver prototxt into the run folder, print their "
+                        "paths, and stop")
+    return p
+
+
+def train(plan, args):
+    """The real training: one call into the package (dlbhc_caffe.train.train_run)."""
+    from dlbhc_caffe import backends, train as training  # noqa: PLC0415
+
+    try:
+        result = training.train_run(
+            plan, weights=args.weights, backend=args.backend, gpu=args.gpu, resume=args.resume,
+            force=args.force, root=args.root, argv=sys.argv, progress=not args.no_progress,
+            verbose=args.verbose)
+    except (training.TrainError, backends.BackendUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return training.exit_code(result)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.dry_run and args.resume:
+        print("error: --resume continues training; --dry-run trains nothing (drop one)",
+              file=sys.stderr)
+        return 2
+    try:
+        plan = runs.plan_run(
+            dataset=args.dataset, root=args.root, net=args.net, bits=args.bits,
+            classes=args.classes, db=args.db, batch_size=args.batch_size,
+            test_batch_size=args.test_batch_size, crop=args.crop, mean_file=args.mean_file,
+            mean_value=args.mean_value, base_lr=args.base_lr, max_iter=args.max_iter,
+            test_iter=args.test_iter, test_interval=args.test_interval, snapshot=args.snapshot,
+            seed=args.seed, out=args.out,
+            solver_mode="gpu" if args.gpu is not None else args.solver_mode)
+        for note in plan.notes:
+            print(f"note: {note}", file=sys.stderr)
+        runs.check_run_folder(plan.folder, force=args.force, resume=args.resume)
+        if not args.dry_run:
+            return train(plan, args)
+        for path in runs.write_net_files(plan, force=args.force).values():
+            print(path)
+    except (netgen.NetSpecError, runs.RunFolderError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
