@@ -1,7 +1,7 @@
 # The two Quick start commands are `make demo` and `make test`; each sets up what it needs.
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench paper clean
 setup:
 	bash scripts/setup_env.sh
 
@@ -18,6 +18,10 @@ test-fast:
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# The paper's CIFAR-10 result end to end on a GPU (scripts/paper_recipe.sh says how to configure).
+paper: setup
+	bash scripts/paper_recipe.sh
 
 clean:
 	rm -rf build .venv *.egg-info
