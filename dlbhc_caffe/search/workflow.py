@@ -1,0 +1,251 @@
+"""Index a user's images and query them: what tools/search.py and demo.py do, callable from Python.
+
+A :class:`Model` names the net that makes the codes -- a training run folder, or a deploy
+prototxt + caffemodel + mean -- and is saved in the index's ``meta``, so a query encodes its
+images exactly as the database was encoded without being told the model again.
+
+>>> import numpy as np
+>>> index = HashIndex(bits=2)
+>>> index.add([[0, 1], [1, 1]], fc7=[[0.0], [1.0]], paths=["a.jpg", "b.jpg"])
+>>> results = query_features(index, np.array([[0.2, 0.9]]), np.array([[0.9]]), k=2, fine=True)
+>>> [(hit.rank, hit.id, hit.hamming, round(hit.euclidean, 1)) for hit in results[0]]
+[(1, 1, 1, 0.1), (2, 0, 0, 0.9)]
+"""
+import datetime
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..features import THRESHOLD, EncodeError, Encoder, run_settings
+from .coarse_to_fine import DEFAULT_RADIUS, CoarseToFine
+from .index import HashIndex
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm",
+                  ".webp"}
+
+
+def _size_list(size):
+    """None, N or (H, W) -> None or [H, W]."""
+    if size is None:
+        return None
+    size = [int(s) for s in np.atleast_1d(size)]
+    return size * 2 if len(size) == 1 else size
+
+
+@dataclass
+class Model:
+    """The net that encodes images: a run folder, or deploy + weights (+ mean)."""
+
+    deploy: str
+    weights: str
+    mean: str = None
+    mean_values: list = None
+    resize: list = None
+    scale: float = 1.0
+    run: str = None
+
+    @classmethod
+    def from_run(cls, run_dir):
+        settings = run_settings(run_dir)
+        return cls(deploy=str(Path(settings["deploy"]).resolve()),
+                   weights=str(Path(settings["weights"]).resolve()),
+                   mean=None if settings["mean"] is None else str(Path(settings["mean"]).resolve()),
+                   mean_values=None if settings["mean_values"] is None
+                   else [float(v) for v in np.atleast_1d(settings["mean_values"])],
+                   resize=None if settings["resize"] is None else list(settings["resize"]),
+                   scale=float(settings["scale"]), run=str(Path(run_dir).resolve()))
+
+    @classmethod
+    def from_files(cls, deploy, weights, mean=None, mean_values=None, resize=None):
+        return cls(deploy=str(Path(deploy).resolve()), weights=str(Path(weights).resolve()),
+                   mean=None if mean is None else str(Path(mean).resolve()),
+                   mean_values=None if mean_values is None
+                   else [float(v) for v in np.atleast_1d(mean_values)],
+                   resize=_size_list(resize))
+
+    @classmethod
+    def from_meta(cls, meta):
+        """The model recorded in an index's meta (None when there is none)."""
+        model = (meta or {}).get("model")
+        if not isinstance(model, dict) or not model.get("deploy") or not model.get("weights"):
+            return None
+        return cls(**{k: model.get(k) for k in cls.__dataclass_fields__ if k in model})
+
+    def to_meta(self):
+        return asdict(self)
+
+    def encoder(self, backend="auto", batch_size=10, progress=False):
+        return Encoder.from_files(self.deploy, self.weights, mean=self.mean,
+                                  mean_values=self.mean_values, resize=self.resize,
+                                  scale=self.scale, backend=backend, batch_size=batch_size,
+                                  progress=progress)
+
+
+# ---------------------------------------------------------------- image sources
+
+def read_image_list(list_file, root=None):
+    """(paths, labels or None) of a list file: one image a line, ``path`` or ``path label``.
+
+    Labels are taken when every line ends in an integer after a space (convert_imageset's
+    format); relative paths are taken from ``root``, or else from the list file's folder. Blank
+    lines and lines starting with '#' are skipped.
+    """
+    list_file = Path(list_file)
+    try:
+        lines = list_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise EncodeError(f"{list_file}: cannot read the list ({err})") from None
+    base = Path(root) if root is not None else list_file.parent
+    entries = [(n, line.strip()) for n, line in enumerate(lines, 1)
+               if line.strip() and not line.strip().startswith("#")]
+    if not entries:
+        raise EncodeError(f"{list_file}: no images listed")
+
+    def split(text):
+        head, sep, tail = text.rpartition(" ")
+        if sep and head.strip() and tail.lstrip("-").isdigit():
+            return head.strip(), int(tail)
+        return text, None
+
+    parsed = [split(text) for _, text in entries]
+    with_labels = all(label is not None for _, label in parsed)
+    paths, labels = [], []
+    for (number, text), (path, label) in zip(entries, parsed):
+        path = Path(path if with_labels else text)
+        paths.append(str((path if path.is_absolute() else base / path).absolute()))
+        labels.append(label)
+    return paths, (np.array(labels, np.int64) if with_labels else None)
+
+
+def scan_images(folder):
+    """(paths, labels or None) of the image files below ``folder``, sorted.
+
+    When every image lies in a sub-folder, the sub-folders are classes (sorted names -> labels
+    0, 1, ...), as prepare's --folder; otherwise there are no labels.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EncodeError(f"{folder}: no such folder")
+    files = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise EncodeError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    paths = [str(p.absolute()) for p in files]
+    if all(p.parent != folder for p in files):
+        classes = sorted({p.relative_to(folder).parts[0] for p in files})
+        labels = np.array([classes.index(p.relative_to(folder).parts[0]) for p in files])
+        return paths, labels
+    return paths, None
+
+
+# ---------------------------------------------------------------- index and query
+
+def index_features(features, meta=None):
+    """A HashIndex of encoded Features (codes, fc7, paths, labels when known)."""
+    index = HashIndex(features.bits, meta=meta)
+    index.add(features.codes, fc7=features.fc7 if features.fc7.shape[1] else None,
+              paths=features.paths, labels=features.labels)
+    return index
+
+
+def build_index(model, paths, labels=None, backend="auto", batch_size=10, progress=False,
+                source=None):
+    """Encode image files with ``model`` and return their HashIndex (the model in its meta)."""
+    encoder = model.encoder(backend=backend, batch_size=batch_size, progress=progress)
+    features = encoder.encode_images(paths, labels=labels)
+    meta = {"model": model.to_meta(), "source": source,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return index_features(features, meta)
+
+
+@dataclass
+class Hit:
+    """One result: rank (1-based), id, row, Hamming distance, fc7 distance (fine search)."""
+
+    rank: int
+    id: int
+    row: int
+    hamming: int
+    euclidean: float = None
+    label: int = None
+    path: str = ""
+
+
+def query_features(index, latent_or_codes, fc7=None, k=10, fine=False, radius=DEFAULT_RADIUS):
+    """The top k of each query as lists of :class:`Hit`: Hamming ranking, or with ``fine`` the
+    coarse-to-fine search (pool within ``radius``, re-ranked by fc7)."""
+    queries = np.asarray(latent_or_codes)
+    if queries.dtype.kind == "f":
+        queries = (queries > THRESHOLD).astype(np.uint8)
+    if queries.ndim == 1:
+        queries = queries.reshape(1, -1)
+    if fine:
+        if fc7 is None:
+            raise ValueError("the fine search needs the queries' fc7 features")
+        euclidean, ids = CoarseToFine(index, radius=radius).search(queries, fc7, k)
+    else:
+        euclidean, ids = None, index.search(queries, k)[1]
+    results = []
+    for i, row_ids in enumerate(ids):
+        rows = index.rows_of(row_ids)
+        dists = index.hamming_to(queries[i:i + 1], rows)[0]
+        paths = index.paths_of(rows)
+        labels = index.labels
+        results.append([Hit(rank=r + 1, id=int(row_ids[r]), row=int(rows[r]),
+                            hamming=int(dists[r]),
+                            euclidean=None if euclidean is None else float(euclidean[i, r]),
+                            label=None if labels is None else int(labels[rows[r]]),
+                            path=paths[r]) for r in range(len(row_ids))])
+    return results
+
+
+def format_results(names, results, query_labels=None):
+    """Printable lines of query results."""
+    lines = []
+    for i, (name, hits) in enumerate(zip(names, results)):
+        label = "" if query_labels is None else f" (label {query_labels[i]})"
+        lines.append(f"query {i + 1}: {name}{label}")
+        fine = hits and hits[0].euclidean is not None
+        lines.append("  rank  hamming" + ("  fc7-dist" if fine else "") + "  label  id  path")
+        for hit in hits:
+            lines.append(f"  {hit.rank:4d}  {hit.hamming:7d}"
+                         + (f"  {hit.euclidean:8.3f}" if fine else "")
+                         + f"  {'-' if hit.label is None else hit.label:>5}  {hit.id}  {hit.path}")
+    return lines
+
+
+def montage_rows(query_images, results, query_labels=None, picture_of=None, query_names=None):
+    """Rows for :func:`dlbhc_caffe.montage.write_montage`: each query and its hits, captioned
+    with rank, distance(s) and label, framed green / red when the labels agree or not.
+
+    picture_of(hit) gives a hit's picture (default: the file at its path, or a blank tile).
+    """
+    from ..montage import Tile  # noqa: PLC0415
+
+    def default_picture(hit):
+        return hit.path if hit.path and Path(hit.path).is_file() else \
+            np.full((8, 8), 200, np.uint8)
+
+    picture_of = picture_of or default_picture
+    rows = []
+    for i, hits in enumerate(results):
+        q_label = None if query_labels is None else int(query_labels[i])
+        caption = "query" if query_names is None else str(query_names[i])[:16]
+        if q_label is not None:
+            caption += f"\nlabel {q_label}"
+        tiles = []
+        for hit in hits:
+            text = f"#{hit.rank} dH={hit.hamming}"
+            if hit.euclidean is not None:
+                text += f"\nfc7 {hit.euclidean:.2f}"
+            if hit.label is not None:
+                text += f"\nlabel {hit.label}"
+            match = None if q_label is None or hit.label is None else hit.label == q_label
+            tiles.append(Tile(picture_of(hit), text, match))
+        rows.append((Tile(query_images[i], caption), tiles))
+    return rows
+
+
+__all__ = ["Model", "read_image_list", "scan_images", "index_features", "build_index", "Hit",
+           "query_features", "format_results", "montage_rows"]
