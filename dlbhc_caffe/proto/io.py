@@ -6,14 +6,13 @@ and for text the line, so a user can open the culprit. Writes are atomic: a temp
 same folder, renamed over the target when complete, so an interrupted write never leaves half a
 file behind.
 """
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from google.protobuf import message as _message
 from google.protobuf import text_format
 
+from ..fileio import atomic_write_bytes
 from . import dlbhc_caffe_pb2 as pb
 
 BINARY_SUFFIXES = {".caffemodel", ".solverstate", ".binaryproto", ".pb", ".bin"}
@@ -79,26 +78,6 @@ def read_message(path, message_type):
     """Read `path` as text or binary by its extension."""
     reader = read_binary if is_binary_path(path) else read_text
     return reader(path, message_type)
-
-
-def atomic_write_bytes(path, data):
-    """Write `data` to `path` whole or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def format_text(message):

@@ -19,11 +19,11 @@ first, faiss's own convention), the unused high bits zero -- so the faiss index'
 >>> distances.tolist(), ids.tolist()
 ([[0]], [[1]])
 """
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..fileio import atomic_path
 
 
 def _faiss():
@@ -66,14 +66,6 @@ def write_faiss(index, path):
     if index.ntotal == 0:
         raise ValueError("the index is empty (ntotal = 0): nothing to export")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        faiss.write_index_binary(to_faiss(index), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        faiss.write_index_binary(to_faiss(index), str(tmp))
     return path

@@ -27,12 +27,12 @@ an :class:`IndexFormatError` that says how many bytes are missing.
 import json
 import numbers
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .. import hamming
+from ..fileio import atomic_path
 
 MAGIC = b"DLBHCIDX"
 VERSION = 1
@@ -366,22 +366,14 @@ def save_index(index, path):
     body = json.dumps(header).encode()
     if _PREFIX + len(body) > reserve:  # cannot happen: the reserve covers every number we add
         raise AssertionError("index header outgrew its reserve")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(MAGIC + np.array([VERSION, len(body)], "<u4").tobytes() + body)
-            for name, array in arrays.items():
-                start = header["sections"][name][0]
-                out.write(b"\0" * (start - out.tell()))
-                if array.nbytes:
-                    out.write(memoryview(array).cast("B"))
-            out.write(b"\0" * (offset - out.tell()))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        out.write(MAGIC + np.array([VERSION, len(body)], "<u4").tobytes() + body)
+        for name, array in arrays.items():
+            start = header["sections"][name][0]
+            out.write(b"\0" * (start - out.tell()))
+            if array.nbytes:
+                out.write(memoryview(array).cast("B"))
+        out.write(b"\0" * (offset - out.tell()))
     return path
 
 

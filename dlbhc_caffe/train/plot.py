@@ -7,8 +7,9 @@
 >>> path.stat().st_size > 0
 True
 """
-import os
 from pathlib import Path
+
+from ..fileio import atomic_path
 
 
 def plot_history(history, path, title=None):
@@ -52,12 +53,6 @@ def plot_history(history, path, title=None):
         ax2.grid(alpha=0.3)
         ax2.legend(loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
