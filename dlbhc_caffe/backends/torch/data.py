@@ -1,0 +1,456 @@
+"""Input pipeline of the Data and ImageData layers: records in Caffe's order, Caffe's
+transform_param, and prefetching that keeps the net fed.
+
+- Order: a Data layer reads its LevelDB/LMDB in key order and starts again at the first key
+  after the last (Caffe's DataReader); an ImageData layer reads its list in order, shuffled at
+  setup and after each pass when `shuffle` is on.
+- Transform (Caffe's DataTransformer): crop `crop_size` at a random offset in TRAIN and at the
+  centre in TEST; mirror (random, in either phase) when `mirror`; subtract `mean_file` (a
+  C x H x W mean the size of the record, cropped with it) or `mean_value`s; multiply by `scale`.
+  out = mirror((pixel - mean) * scale).
+- Prefetch: one thread reads records in order (LevelDB admits one process per database, and one
+  open handle per process, shared here between the nets of a process), draws the random crops
+  and mirrors in that order (so a seed fixes them), and hands decoding and transforming to a pool
+  of worker threads (Pillow's decoder and numpy release the GIL); finished batches wait in a
+  queue of `prefetch` batches while the net computes.
+"""
+import functools
+import queue
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ...proto import ProtoError, pb, read_mean
+
+# ---------------------------------------------------------------- databases
+
+class DataError(ValueError):
+    """A data source that cannot be read as the layer asks; names the layer and the source."""
+
+
+_open_databases = {}
+_open_lock = threading.Lock()
+
+
+def _open_shared(path, backend):
+    """A process-wide shared handle of the database at `path`, counted (plyvel admits one
+    LevelDB handle per process, py-lmdb one environment per path)."""
+    key = (backend, str(Path(path).resolve()))
+    with _open_lock:
+        entry = _open_databases.get(key)
+        if entry is None:
+            if backend == pb.DataParameter.LMDB:
+                import lmdb  # noqa: PLC0415
+
+                handle = lmdb.open(str(path), readonly=True, lock=False, readahead=False,
+                                   subdir=True, max_readers=126)
+            else:
+                import plyvel  # noqa: PLC0415
+
+                handle = plyvel.DB(str(path), create_if_missing=False)
+            entry = _open_databases[key] = [handle, 0]
+        entry[1] += 1
+        return key, entry[0]
+
+
+def _release_shared(key):
+    with _open_lock:
+        entry = _open_databases.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            entry[0].close()
+            del _open_databases[key]
+
+
+def _lmdb_values(env):
+    with env.begin(buffers=False) as txn:
+        cursor = txn.cursor()
+        try:
+            for _, value in cursor:
+                yield value
+        finally:
+            cursor.close()
+
+
+def _leveldb_values(db):
+    iterator = db.iterator(include_key=False)
+    try:
+        yield from iterator
+    finally:
+        iterator.close()
+
+
+class RecordCursor:
+    """Serialized Datum records of a LevelDB or LMDB in key order, wrapping at the end."""
+
+    def __init__(self, source, backend, where):
+        self.source, self.where = str(source), where
+        path = Path(source)
+        if not path.is_dir():
+            raise DataError(f"{where}: data source '{source}' is not a database folder "
+                            "(Caffe resolves `source` against the working directory)")
+        try:
+            key, handle = _open_shared(path, backend)
+        except Exception as err:  # lmdb.Error, plyvel.Error, OSError
+            kind = "LMDB" if backend == pb.DataParameter.LMDB else "LevelDB"
+            hint = "" if backend == pb.DataParameter.LMDB else \
+                "; is it an LMDB (set data_param backend: LMDB)?"
+            raise DataError(f"{where}: cannot open '{source}' as {kind} ({err}){hint}") from None
+        # (functools.partial, not a bound method: the running iteration, which the finalizer
+        # holds, must not keep the cursor alive)
+        self._iter_factory = functools.partial(
+            _lmdb_values if backend == pb.DataParameter.LMDB else _leveldb_values, handle)
+        self._live = {"items": None}  # the running iteration, closed before the release
+        self._finalizer = weakref.finalize(self, RecordCursor._release, self._live, key)
+        # At interpreter exit a daemon loader thread may still be reading: leave the handle
+        # to the operating system rather than close it under that thread.
+        self._finalizer.atexit = False
+
+    @staticmethod
+    def _release(live, key):
+        items, live["items"] = live["items"], None
+        if items is not None:
+            try:
+                items.close()
+            except ValueError:  # running in a loader thread that did not stop: leave it open
+                return
+        _release_shared(key)
+
+    def next(self):
+        live = self._live
+        if live["items"] is None:
+            live["items"] = self._iter_factory()
+        for _ in range(2):
+            try:
+                return next(live["items"])
+            except StopIteration:
+                live["items"] = self._iter_factory()
+        raise DataError(f"{self.where}: data source '{self.source}' holds no records")
+
+    def peek(self):
+        items = self._iter_factory()
+        try:
+            for value in items:
+                return value
+        finally:
+            items.close()
+        raise DataError(f"{self.where}: data source '{self.source}' holds no records")
+
+    def close(self):
+        """Close the iteration, then release the database (call after the loader stopped)."""
+        self._finalizer()
+
+
+def parse_datum(raw, where):
+    datum = pb.Datum()
+    try:
+        datum.ParseFromString(raw)
+    except Exception as err:  # protobuf's DecodeError
+        raise DataError(f"{where}: a record is not a Datum ({err})") from None
+    return datum
+
+
+def datum_pixels(datum, transform, where):
+    """A Datum's pixels as C x H x W (uint8 or float32), decoding encoded records to BGR/gray."""
+    if datum.encoded:
+        from ...datasets.records import decode_datum  # noqa: PLC0415
+
+        try:
+            pixels = decode_datum(datum)
+        except ValueError as err:
+            raise DataError(f"{where}: {err}") from None
+        return _force_channels(pixels, transform)
+    shape = (datum.channels, datum.height, datum.width)
+    if datum.data:
+        if len(datum.data) != int(np.prod(shape)):
+            raise DataError(f"{where}: a record says {shape} but holds {len(datum.data)} bytes")
+        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
+    values = np.asarray(datum.float_data, dtype=np.float32)
+    if values.size != int(np.prod(shape)):
+        raise DataError(f"{where}: a record says {shape} but holds {values.size} floats")
+    return values.reshape(shape)
+
+
+def _force_channels(pixels, transform):
+    if transform.force_color and pixels.shape[0] == 1:
+        return np.repeat(pixels, 3, axis=0)
+    if transform.force_gray and pixels.shape[0] == 3:
+        b, g, r = (pixels[i].astype(np.float32) for i in range(3))
+        return np.clip(np.rint(0.114 * b + 0.587 * g + 0.299 * r), 0, 255).astype(np.uint8)[None]
+    return pixels
+
+
+# ---------------------------------------------------------------- images (ImageData)
+
+def resize_bilinear(image, height, width):
+    """H x W [x C] uint8 resized as OpenCV's cv::resize INTER_LINEAR (half-pixel centres, no
+    anti-aliasing, edge clamp), rounded to uint8."""
+    src_h, src_w = image.shape[:2]
+    if (src_h, src_w) == (height, width):
+        return image
+
+    def axis(dst, src):
+        pos = (np.arange(dst) + 0.5) * (src / dst) - 0.5
+        low = np.floor(pos)
+        frac = pos - low
+        low = low.astype(np.int64)
+        frac[low < 0] = 0.0
+        low[low < 0] = 0
+        high = np.minimum(low + 1, src - 1)
+        at_end = low >= src - 1
+        frac[at_end] = 0.0
+        low[at_end] = src - 1
+        return low, high, frac.astype(np.float32)
+
+    y0, y1, fy = axis(height, src_h)
+    x0, x1, fx = axis(width, src_w)
+    img = image.astype(np.float32)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    fx = fx[None, :, None]
+    top = img[y0][:, x0] * (1 - fx) + img[y0][:, x1] * fx
+    bottom = img[y1][:, x0] * (1 - fx) + img[y1][:, x1] * fx
+    fy = fy[:, None, None]
+    out = np.clip(np.rint(top * (1 - fy) + bottom * fy), 0, 255).astype(np.uint8)
+    return out if image.ndim == 3 else out[:, :, 0]
+
+
+def read_image(path, color, height, width, where):
+    """An image file as C x H x W uint8 (BGR, or 1 gray channel), resized when both height and
+    width are given (Caffe's ReadImageToCVMat)."""
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+
+    try:
+        with Image.open(path) as pil:
+            pil.load()
+            array = np.asarray(pil.convert("RGB" if color else "L"))
+    except FileNotFoundError:
+        raise DataError(f"{where}: could not load {path}: no such file") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise DataError(f"{where}: could not load {path} ({err})") from None
+    if height > 0 and width > 0:
+        array = resize_bilinear(array, height, width)
+    if color:
+        return np.ascontiguousarray(array[:, :, ::-1].transpose(2, 0, 1))
+    return array[None]
+
+
+def read_image_list(source, where):
+    """[(path, label)] from an ImageData source list: `path label` per line, the label after
+    the last space."""
+    try:
+        text = Path(source).read_text()
+    except OSError as err:
+        raise DataError(f"{where}: cannot read the image list '{source}' ({err.strerror})") \
+            from None
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        path, sep, label = line.rpartition(" ")
+        try:
+            lines.append((path if sep else line, int(label) if sep else 0))
+        except ValueError:
+            raise DataError(f"{where}: {source}:{number}: label {label!r} is not an integer") \
+                from None
+    if not lines:
+        raise DataError(f"{where}: the image list '{source}' is empty")
+    return lines
+
+
+# ---------------------------------------------------------------- transform_param
+
+class Transformer:
+    """Caffe's DataTransformer for C x H x W records (see the module docstring)."""
+
+    def __init__(self, param, phase, where):
+        self.param, self.phase, self.where = param, phase, where
+        self.crop = int(param.crop_size)
+        self.scale = np.float32(param.scale)
+        self.mirror = bool(param.mirror)
+        self.force_color, self.force_gray = param.force_color, param.force_gray
+        if self.force_color and self.force_gray:
+            raise DataError(f"{where}: force_color and force_gray cannot both be set")
+        if param.HasField("mean_file") and len(param.mean_value):
+            raise DataError(f"{where}: cannot specify mean_file and mean_value at the same time")
+        self.mean = None
+        if param.HasField("mean_file"):
+            try:
+                self.mean = read_mean(param.mean_file).astype(np.float32)
+            except ProtoError as err:
+                raise DataError(f"{where}: mean_file: {err}") from None
+        self.mean_values = np.asarray(param.mean_value, dtype=np.float32)
+
+    @property
+    def needs_random(self):
+        return self.mirror or (self.phase == pb.TRAIN and self.crop > 0)
+
+    def output_shape(self, shape):
+        """The transformed shape of a C x H x W record, after Caffe's checks."""
+        c, h, w = shape
+        if self.crop and (h < self.crop or w < self.crop):
+            raise DataError(f"{self.where}: crop_size {self.crop} is larger than the record "
+                            f"({h}x{w})")
+        if self.mean is not None and tuple(self.mean.shape) != (c, h, w):
+            raise DataError(f"{self.where}: the mean is {tuple(self.mean.shape)}, the records "
+                            f"{(c, h, w)}: a mean_file must have the records' size (it is "
+                            "cropped with them)")
+        if len(self.mean_values) not in (0, 1, c):
+            raise DataError(f"{self.where}: specify either 1 mean_value or as many as channels "
+                            f"({c}), got {len(self.mean_values)}")
+        return (c, self.crop, self.crop) if self.crop else (c, h, w)
+
+    def draw(self, shape, rng):
+        """(h_off, w_off, mirror) for one record, drawn as Caffe draws them."""
+        _, h, w = shape
+        mirror = bool(self.mirror and rng.integers(2))
+        if not self.crop:
+            return 0, 0, mirror
+        if self.phase == pb.TRAIN:
+            return int(rng.integers(h - self.crop + 1)), int(rng.integers(w - self.crop + 1)), \
+                mirror
+        return (h - self.crop) // 2, (w - self.crop) // 2, mirror
+
+    def apply(self, pixels, h_off, w_off, mirror, out):
+        """Write the transformed record into `out` (float32 C x crop x crop)."""
+        _, h, w = out.shape
+        window = (slice(None), slice(h_off, h_off + h), slice(w_off, w_off + w))
+        values = pixels[window].astype(np.float32)
+        if self.mean is not None:
+            values -= self.mean[window]
+        elif len(self.mean_values):
+            values -= self.mean_values.reshape(-1, 1, 1) if len(self.mean_values) > 1 \
+                else self.mean_values[0]
+        values *= self.scale
+        out[...] = values[:, :, ::-1] if mirror else values
+
+
+# ---------------------------------------------------------------- prefetching
+
+class _Producer:
+    """What the loader thread needs, and nothing that refers back to the net (so a net that is
+    dropped stops its loader)."""
+
+    def __init__(self, next_record, decode, transformer, batch_size, rng, where, workers,
+                 pin_memory):
+        self.next_record, self.decode = next_record, decode
+        self.transformer, self.batch_size, self.rng = transformer, batch_size, rng
+        self.where, self.workers, self.pin_memory = where, workers, pin_memory
+        self.pool = None
+
+    def make_batch(self):
+        records = [self.next_record() for _ in range(self.batch_size)]
+        payloads = [r[0] for r in records]
+        if self.pool is not None and self.batch_size > 1:
+            pixels = list(self.pool.map(self.decode, payloads))
+        else:
+            pixels = [self.decode(p) for p in payloads]
+        shapes = [self.transformer.output_shape(tuple(p.shape)) for p in pixels]
+        for i, shape in enumerate(shapes):
+            if shape != shapes[0]:
+                raise DataError(f"{self.where}: record {i} of a batch transforms to {shape}, the "
+                                f"batch's first to {shapes[0]} (records of one batch must give "
+                                "one size: resize them or set crop_size)")
+        draws = [self.transformer.draw(tuple(p.shape), self.rng) for p in pixels]
+        holder, data = self._allocate((self.batch_size,) + shapes[0])
+        labels = np.asarray([r[1] for r in records], dtype=np.float32)
+
+        def work(i):
+            self.transformer.apply(pixels[i], *draws[i], data[i])
+        if self.pool is not None and self.batch_size > 1:
+            list(self.pool.map(work, range(self.batch_size)))
+        else:
+            for i in range(self.batch_size):
+                work(i)
+        return holder, labels
+
+    def _allocate(self, shape):
+        if self.pin_memory:
+            import torch  # noqa: PLC0415
+
+            tensor = torch.empty(shape, dtype=torch.float32).pin_memory()
+            return tensor, tensor.numpy()
+        array = np.empty(shape, dtype=np.float32)
+        return array, array
+
+    def run(self, out, stop):
+        try:
+            while not stop.is_set():
+                batch = self.make_batch()
+                while not stop.is_set():
+                    try:
+                        out.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as err:  # handed to next_batch()
+            if not stop.is_set():
+                out.put(err)
+
+
+class BatchLoader:
+    """Batches of (data N x C x H x W float32, labels N float32) made ahead of time.
+
+    `next_record()` (called from the one reader thread) returns (payload, label); `decode(payload)`
+    (called from worker threads) returns the C x H x W pixels. Data is a torch tensor in pinned
+    memory when `pin_memory` (GPU runs), else a numpy array. Errors raised while loading reach
+    the caller of `next_batch()`. `depth` batches wait ready; `depth=0` loads in the caller.
+    """
+
+    def __init__(self, next_record, decode, transformer, batch_size, rng, where, depth=4,
+                 workers=2, pin_memory=False):
+        self._producer = _Producer(next_record, decode, transformer, int(batch_size), rng,
+                                   where, max(1, int(workers)), pin_memory)
+        self.depth = int(depth)
+        self._queue = self._thread = None
+        self._stop = threading.Event()
+
+    def start(self):
+        if self._thread is not None or self.depth <= 0:
+            return
+        producer = self._producer
+        producer.pool = ThreadPoolExecutor(max_workers=producer.workers,
+                                           thread_name_prefix="dlbhc-decode")
+        self._queue = queue.Queue(maxsize=self.depth)
+        self._thread = threading.Thread(target=producer.run, args=(self._queue, self._stop),
+                                        name=f"dlbhc-loader {producer.where}", daemon=True)
+        self._thread.start()
+        self._finalizer = weakref.finalize(self, BatchLoader._shutdown, self._stop, self._queue,
+                                           producer.pool)
+
+    @staticmethod
+    def _shutdown(stop, out, pool):
+        stop.set()
+        try:
+            while True:
+                out.get_nowait()
+        except queue.Empty:
+            pass
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self):
+        """Stop the loader thread (the net's data layers call this when the net is closed)."""
+        if self._thread is not None:
+            self._finalizer()
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def next_batch(self):
+        if self.depth <= 0:
+            return self._producer.make_batch()
+        self.start()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+
+__all__ = ["RecordCursor", "Transformer", "BatchLoader", "DataError", "parse_datum",
+           "datum_pixels", "read_image", "read_image_list", "resize_bilinear"]

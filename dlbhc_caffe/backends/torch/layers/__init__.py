@@ -1,0 +1,35 @@
+"""The layer registry: one class per Caffe layer type, found by its type string.
+
+>>> sorted(LAYERS)[:4]
+['Accuracy', 'BatchNorm', 'Bias', 'Concat']
+"""
+LAYERS = {}
+
+
+def register(type_name):
+    """Class decorator: make the class the implementation of Caffe layer type `type_name`."""
+    def decorate(cls):
+        cls.type = type_name
+        LAYERS[type_name] = cls
+        return cls
+    return decorate
+
+
+def layer_class(type_name, layer_name="?"):
+    from .base import LayerError  # noqa: PLC0415
+
+    try:
+        return LAYERS[type_name]
+    except KeyError:
+        raise LayerError(f"layer '{layer_name}': type '{type_name}' is not implemented by the "
+                         f"torch backend (it has: {', '.join(sorted(LAYERS))})") from None
+
+
+def layer_type_list():
+    """The layer types this backend runs (pycaffe's `layer_type_list`)."""
+    return sorted(LAYERS)
+
+
+from . import common, data_layers, loss, neuron, normalization, vision  # noqa: E402,F401
+
+__all__ = ["LAYERS", "register", "layer_class", "layer_type_list"]
