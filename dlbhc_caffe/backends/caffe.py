@@ -262,7 +262,7 @@ def validate_net(prototxt, phase="TRAIN", weights=None, source=None):
     (net, plan) -- plan is None without weights. `source` names the net in messages (default:
     the path).
     """
-    from ..train.netinfo import filter_net, phase_value  # noqa: PLC0415
+    from ..proto import filter_net, phase_value  # noqa: PLC0415
     from ..train.weights import WeightsError, plan_weight_copy  # noqa: PLC0415
 
     phase = phase_value(phase)

@@ -14,6 +14,7 @@ from .io import (ProtoError, array_to_blob, atomic_write_bytes, blob_shape, blob
                  datum_from_array, datum_to_array, format_text, is_binary_path, parse_text,
                  read_binary, read_blob, read_mean, read_message, read_text, write_binary,
                  write_blob, write_message, write_text)
+from .netstate import filter_net, phase_value, state_meets_rule
 from .upgrade import (KNOWN_LAYER_TYPES, UpgradeWarning, check_layer_types, net_needs_upgrade, upgrade_net,
                       upgrade_solver)
 
@@ -40,5 +41,5 @@ __all__ = [
     "read_message", "write_text", "write_binary", "write_message", "parse_text", "format_text",
     "read_blob", "write_blob", "read_mean", "blob_to_array", "array_to_blob", "blob_shape",
     "datum_from_array", "datum_to_array", "atomic_write_bytes", "is_binary_path", "upgrade_net",
-    "upgrade_solver", "UpgradeWarning", "net_needs_upgrade", "check_layer_types", "KNOWN_LAYER_TYPES",
+    "upgrade_solver", "UpgradeWarning", "filter_net", "phase_value", "state_meets_rule", "net_needs_upgrade", "check_layer_types", "KNOWN_LAYER_TYPES",
 ]

@@ -21,67 +21,7 @@
 """
 
 from .. import proto
-from ..proto import pb
-
-PHASES = {"TRAIN": pb.TRAIN, "TEST": pb.TEST, pb.TRAIN: pb.TRAIN, pb.TEST: pb.TEST}
-
-
-def phase_value(phase):
-    """pb.TRAIN / pb.TEST from "TRAIN", "TEST" or the enum value itself."""
-    if isinstance(phase, str):
-        phase = phase.upper()
-    try:
-        return PHASES[phase]
-    except (KeyError, TypeError):
-        raise ValueError(f"phase must be 'TRAIN' or 'TEST', got {phase!r}") from None
-
-
-def _meets_rule(state, rule):
-    if rule.HasField("phase") and rule.phase != state.phase:
-        return False
-    if rule.HasField("min_level") and state.level < rule.min_level:
-        return False
-    if rule.HasField("max_level") and state.level > rule.max_level:
-        return False
-    stages = set(state.stage)
-    if any(stage not in stages for stage in rule.stage):
-        return False
-    if any(stage in stages for stage in rule.not_stage):
-        return False
-    return True
-
-
-def filter_net(net, state="TRAIN"):
-    """A copy of NetParameter `net` holding only the layers that exist in `state`.
-
-    state: a phase ("TRAIN"/"TEST"/pb.TRAIN/pb.TEST) or a pb.NetState. As in Caffe, the net's own
-    `state` field is merged under the one given, and a layer with `include` rules exists when one
-    of them is met, one with `exclude` rules when none is.
-    """
-    if isinstance(state, pb.NetState):
-        wanted = state
-    else:
-        wanted = pb.NetState(phase=phase_value(state))
-    merged = pb.NetState()
-    merged.CopyFrom(net.state)
-    merged.MergeFrom(wanted)
-    merged.phase = wanted.phase
-    out = pb.NetParameter()
-    out.CopyFrom(net)
-    del out.layer[:]
-    out.state.CopyFrom(merged)
-    for layer in net.layer:
-        if layer.include and layer.exclude:
-            raise proto.ProtoError(f"layer '{layer.name}': specify either include rules or "
-                                   f"exclude rules, not both")
-        if layer.include:
-            keep = any(_meets_rule(merged, rule) for rule in layer.include)
-        else:
-            keep = not any(_meets_rule(merged, rule) for rule in layer.exclude)
-        if keep:
-            out.layer.add().CopyFrom(layer)
-    return out
-
+from ..proto import filter_net, pb, phase_value  # noqa: F401 (re-exported)
 
 def loss_outputs(net):
     """{top name: loss weight} of the tops that count in the net's loss (weight != 0).

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...proto import ProtoError, pb, read_net, upgrade_net, write_binary
+from ...proto import ProtoError, filter_net, pb, read_net, upgrade_net, write_binary
 from . import runtime
 from .blob import Blob, decode_blob, proto_shape, shapes_match
 from .layers import layer_class
@@ -33,42 +33,6 @@ TRAIN, TEST = pb.TRAIN, pb.TEST
 
 class NetError(ValueError):
     """A net Caffe would refuse to build or run; the message names the layer or blob."""
-
-
-# ---------------------------------------------------------------- filtering (Caffe's FilterNet)
-
-def state_meets_rule(state, rule):
-    """Caffe's StateMeetsRule."""
-    if rule.HasField("phase") and rule.phase != state.phase:
-        return False
-    if rule.HasField("min_level") and state.level < rule.min_level:
-        return False
-    if rule.HasField("max_level") and state.level > rule.max_level:
-        return False
-    stages = set(state.stage)
-    if any(stage not in stages for stage in rule.stage):
-        return False
-    if any(stage in stages for stage in rule.not_stage):
-        return False
-    return True
-
-
-def filter_net(param, state):
-    """The layers of `param` that the net state includes, as a new NetParameter."""
-    out = pb.NetParameter()
-    out.CopyFrom(param)
-    del out.layer[:]
-    for layer in param.layer:
-        if len(layer.include) and len(layer.exclude):
-            raise NetError(f"layer '{layer.name}': specify either include rules or exclude "
-                           "rules, not both")
-        if len(layer.include):
-            keep = any(state_meets_rule(state, rule) for rule in layer.include)
-        else:
-            keep = not any(state_meets_rule(state, rule) for rule in layer.exclude)
-        if keep:
-            out.layer.add().CopyFrom(layer)
-    return out
 
 
 # ---------------------------------------------------------------- per-net random state
@@ -686,4 +650,4 @@ def _no_autocast():
     return _NoAutocast()
 
 
-__all__ = ["Net", "NetError", "NetContext", "filter_net", "state_meets_rule", "TRAIN", "TEST"]
+__all__ = ["Net", "NetError", "NetContext", "TRAIN", "TEST"]
