@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from dlbhc_caffe import metrics, montage  # noqa: E402
-from dlbhc_caffe.features import EncodeError, Encoder  # noqa: E402
+from dlbhc_caffe.features import EncodeError, Encoder, encode_dataset  # noqa: E402
 from dlbhc_caffe.proto import ProtoError, atomic_write_bytes  # noqa: E402
 from dlbhc_caffe.search import DEFAULT_RADIUS, IndexFormatError, workflow  # noqa: E402
 
@@ -141,12 +141,7 @@ def digits_demo(args):
                                progress=not args.quiet)
     say(f"[demo] encoding the database ({manifest['train_count']} records) and the queries "
         f"({manifest['test_count']})")
-    database = encoder.encode_db(manifest["train_db"], manifest["backend"])
-    queries = encoder.encode_db(manifest["test_db"], manifest["backend"])
-    from dlbhc_caffe.datasets import read_lines, read_records  # noqa: PLC0415
-
-    database.paths = read_lines(manifest["train_file_list"])[:len(database)]
-    queries.paths = read_lines(manifest["test_file_list"])[:len(queries)]
+    database, queries = encode_dataset(encoder, manifest)
     k = args.k
     if k < 1 or k > len(database):
         raise EncodeError(f"--k {k}: choose 1..{len(database)} (the database size)")
@@ -186,6 +181,8 @@ def digits_demo(args):
         f"label: {share:.1%}")
 
     # the montage: the first query of each of a few classes, pictures from the records
+    from dlbhc_caffe.datasets import read_records  # noqa: PLC0415
+
     db_images, _ = read_records(manifest["train_db"], manifest["backend"])
     q_images, _ = read_records(manifest["test_db"], manifest["backend"])
     shown = [int(np.flatnonzero(queries.labels == c)[0])

@@ -600,6 +600,25 @@ class Encoder:
             iterator.close()
 
 
+def encode_dataset(encoder, manifest):
+    """(database, queries): the Features of a prepared dataset's train and test databases.
+
+    The protocol of run_cifar10.m: the training split is the database, the test split the
+    queries. Rows are named by the dataset's file lists (the original's layout), so retrieval
+    results and ties read in database order.
+    """
+    from .datasets import read_lines  # noqa: PLC0415
+
+    encoded = []
+    for split in ("train", "test"):
+        features = encoder.encode_db(manifest[f"{split}_db"], manifest.get("backend"))
+        names = manifest.get(f"{split}_file_list")
+        if names and Path(names).is_file():
+            features.paths = read_lines(names)[:len(features)]
+        encoded.append(features)
+    return tuple(encoded)
+
+
 # ---------------------------------------------------------------- training runs
 
 def _first(mapping, *keys):

@@ -95,34 +95,11 @@ else
   "$PY" "${TRAIN[@]}" $( [ -e "$RUN" ] && echo --force )
 fi
 
-# 3. evaluation: test queries against the training database, as run_cifar10.m. The codes come
-# from the run's deploy net and final model (RUN/eval/database.npz, queries.npz); the figures
-# from tools/evaluate.py (RUN/eval/precision-at-k.txt, metrics.json, precision-at-k.png).
-say "encoding $RUN: the training database and the test queries"
-"$PY" - "$RUN" "$BACKEND" "$GPU" "$EVAL_BATCH" <<'EOF'
-import json
-import sys
-from pathlib import Path
-
-from dlbhc_caffe import backends
-from dlbhc_caffe.datasets import load_manifest
-from dlbhc_caffe.features import Encoder
-
-run, backend, gpu, batch = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-engine = backends.get(backend)
-if gpu == "cpu":
-    engine.set_mode_cpu()
-else:
-    engine.set_mode_gpu()
-    engine.set_device(int(gpu))
-record = json.loads((run / "run.json").read_text())
-manifest = load_manifest(record["dataset_manifest_path"])
-encoder = Encoder.from_run(run, backend=backend, batch_size=batch, progress=True)
-(run / "eval").mkdir(exist_ok=True)
-encoder.encode_db(manifest["train_db"]).save(run / "eval" / "database.npz")
-encoder.encode_db(manifest["test_db"]).save(run / "eval" / "queries.npz")
-EOF
+# 3. evaluation: test queries against the training database, as run_cifar10.m. tools/evaluate.py
+# extracts the codes with the run's deploy net and final model (RUN/eval/database.npz,
+# queries.npz) and writes the figures (RUN/eval/precision-at-k.txt, metrics.json,
+# precision-at-k.png).
 say "evaluating: mAP@$TOP_K (the authors' released 48-bit model: mAP@1000 = 0.897373)"
-"$PY" tools/evaluate.py --db-codes "$RUN/eval/database.npz" --query-codes "$RUN/eval/queries.npz" \
-  --top-k "$TOP_K" --out "$RUN/eval" --force | sed 's/^/[paper] /'
+"$PY" tools/evaluate.py --run "$RUN" --backend "$BACKEND" "${DEVICE[@]}" \
+  --batch-size "$EVAL_BATCH" --top-k "$TOP_K" --out "$RUN/eval" --force | sed 's/^/[paper] /'
 say "done in $(( ($(date +%s) - start) / 60 )) min"

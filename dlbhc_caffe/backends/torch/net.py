@@ -135,7 +135,10 @@ class Net:
         state = param.state
         self.phase = state.phase
         self.name = param.name
-        self._param = filter_net(param, state)
+        try:
+            self._param = filter_net(param, state)
+        except ProtoError as err:
+            self._reraise(err)
         self._context = NetContext(runtime.device(), runtime.next_seed())
         self.blobs = OrderedDict()
         self.layers, self._layer_names = [], []
