@@ -25,34 +25,56 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".pp
 DEFAULT_TEST_FRACTION = 0.2
 
 
-def parse_list(list_file, images_root=None):
-    """[(absolute path, label)] of a convert_imageset list; errors name the file and line."""
+def read_list(list_file, images_root=None, require_labels=True):
+    """(absolute paths, labels) of an image list: convert_imageset's `path label` lines (the
+    label after the last space), relative paths from `images_root` or else the list's folder.
+
+    With require_labels=False a list of bare paths is accepted too, and labels is then None
+    (labels are taken only when every line ends in one). Blank lines and '#' lines are skipped;
+    errors name the file and line.
+    """
     list_file = Path(list_file)
     try:
         lines = list_file.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(f"{list_file}: cannot read the list ({err})") from None
     base = Path(images_root) if images_root is not None else list_file.parent
-    entries = []
-    for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        path, sep, label = text.rpartition(" ")
-        path = path.strip()
-        if not sep or not path:
-            raise DatasetError(f"{list_file}:{number}: expected 'path label', got {line!r}")
-        try:
-            label = int(label)
-        except ValueError:
-            raise DatasetError(f"{list_file}:{number}: label {label!r} is not an integer") \
-                from None
-        if label < 0:
-            raise DatasetError(f"{list_file}:{number}: label {label} is negative")
-        entries.append((str((base / path).absolute()), label))
+    entries = [(n, line.strip()) for n, line in enumerate(lines, 1)
+               if line.strip() and not line.strip().startswith("#")]
     if not entries:
-        raise DatasetError(f"{list_file}: no 'path label' lines")
-    return entries
+        raise DatasetError(f"{list_file}: no images listed")
+    parsed = [_split_line(text) for _, text in entries]
+    with_labels = require_labels or all(label is not None for _, label in parsed)
+    paths, labels = [], []
+    for (number, text), (path, label) in zip(entries, parsed):
+        if with_labels:
+            if label is None:
+                head, sep, tail = text.rpartition(" ")
+                if sep and head.strip():
+                    raise DatasetError(f"{list_file}:{number}: label {tail!r} is not an integer")
+                raise DatasetError(f"{list_file}:{number}: expected 'path label', got {text!r}")
+            if label < 0:
+                raise DatasetError(f"{list_file}:{number}: label {label} is negative")
+        else:
+            path = text
+        path = Path(path)
+        paths.append(str((path if path.is_absolute() else base / path).absolute()))
+        labels.append(label)
+    return paths, (np.array(labels, np.int64) if with_labels else None)
+
+
+def _split_line(text):
+    """(path, label or None): the label is an integer after the last space."""
+    head, sep, tail = text.rpartition(" ")
+    if sep and head.strip() and tail.lstrip("-").isdigit():
+        return head.strip(), int(tail)
+    return text, None
+
+
+def parse_list(list_file, images_root=None):
+    """[(absolute path, label)] of a convert_imageset list; errors name the file and line."""
+    paths, labels = read_list(list_file, images_root)
+    return list(zip(paths, labels.tolist()))
 
 
 def scan_folder(folder, class_names=None):

@@ -85,37 +85,11 @@ class Model:
 # ---------------------------------------------------------------- image sources
 
 def read_image_list(list_file, root=None):
-    """(paths, labels or None) of a list file: one image a line, ``path`` or ``path label``.
+    """(paths, labels or None) of a list file: one image a line, ``path`` or ``path label``
+    (convert_imageset's format; see :func:`dlbhc_caffe.datasets.imagelist.read_list`)."""
+    from ..datasets.imagelist import read_list  # noqa: PLC0415
 
-    Labels are taken when every line ends in an integer after a space (convert_imageset's
-    format); relative paths are taken from ``root``, or else from the list file's folder. Blank
-    lines and lines starting with '#' are skipped.
-    """
-    list_file = Path(list_file)
-    try:
-        lines = list_file.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise EncodeError(f"{list_file}: cannot read the list ({err})") from None
-    base = Path(root) if root is not None else list_file.parent
-    entries = [(n, line.strip()) for n, line in enumerate(lines, 1)
-               if line.strip() and not line.strip().startswith("#")]
-    if not entries:
-        raise EncodeError(f"{list_file}: no images listed")
-
-    def split(text):
-        head, sep, tail = text.rpartition(" ")
-        if sep and head.strip() and tail.lstrip("-").isdigit():
-            return head.strip(), int(tail)
-        return text, None
-
-    parsed = [split(text) for _, text in entries]
-    with_labels = all(label is not None for _, label in parsed)
-    paths, labels = [], []
-    for (number, text), (path, label) in zip(entries, parsed):
-        path = Path(path if with_labels else text)
-        paths.append(str((path if path.is_absolute() else base / path).absolute()))
-        labels.append(label)
-    return paths, (np.array(labels, np.int64) if with_labels else None)
+    return read_list(list_file, root, require_labels=False)
 
 
 def scan_images(folder):
