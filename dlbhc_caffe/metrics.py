@@ -29,13 +29,13 @@ query by a counting sort and reduce it to the numbers above on the fly.
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
 from . import hamming
+from .fileio import atomic_path, atomic_write_bytes
 from .hamming import _hamming
 
 __all__ = ["RetrievalMetrics", "evaluate", "mean_average_precision", "precision_at_k",
@@ -107,18 +107,6 @@ def _labels_pair(database_labels, query_labels, n_database, n_queries):
                         f"kind (both numbers or both strings): {err}") from err
     index = index.astype(np.int32)
     return np.ascontiguousarray(index[:n_database]), np.ascontiguousarray(index[n_database:])
-
-
-def _check_top_k(top_k, n_database):
-    if top_k is None:
-        return n_database
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer (or None for the whole ranking); "
-                         f"got {top_k!r}.")
-    if top_k > n_database:
-        raise ValueError(f"top_k={top_k} is larger than the database ({n_database} items); "
-                         f"pass top_k <= {n_database}.")
-    return int(top_k)
 
 
 def _check_distance(distance):
@@ -274,7 +262,7 @@ def evaluate(database, database_labels, queries, query_labels, *, top_k=1000,
     else:
         db, q = _features_pair(database, queries)
         dims = db.shape[1]
-    top_k = _check_top_k(top_k, db.shape[0])
+    top_k = hamming.check_k(top_k, db.shape[0], name="top_k")
     db_labels, q_labels = _labels_pair(database_labels, query_labels, db.shape[0], q.shape[0])
     if q.shape[0] == 0:
         raise ValueError("There are no queries (0 rows); give at least one query.")
@@ -387,31 +375,11 @@ def check_report_dir(out_dir, force=False):
                               f"output folder or overwrite with force=True (--force).")
 
 
-def _replace_with(path, write):
-    """Write a file whole or not at all: write(temp_path), then rename over path."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
-                                    suffix=os.path.splitext(path)[1])
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-
-
 def write_precision_at_k(path, precision):
     """precision@k as the original saved it (MATLAB ``save -ascii``): k and precision a line."""
     lines = "".join(f" {k:15.7e} {p:15.7e}\n" for k, p in
                     zip(range(1, len(precision) + 1), np.asarray(precision, dtype=np.float64)))
-
-    def write(temp):
-        with open(temp, "w", encoding="ascii") as handle:
-            handle.write(lines)
-
-    _replace_with(path, write)
+    atomic_write_bytes(path, lines.encode("ascii"))
 
 
 def _json_value(value):
@@ -434,11 +402,7 @@ def save_report(result, out_dir, *, force=False, label="DLBHC (ours)"):
     text = json.dumps({key: _json_value(value) for key, value in result.to_dict().items()},
                       indent=1) + "\n"
 
-    def write_json(temp):
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-    _replace_with(paths[1], write_json)
-    _replace_with(paths[2], lambda temp: plots.plot_precision_at_k(
-        result.precision_at_k, temp, label=label))
+    atomic_write_bytes(paths[1], text.encode("utf-8"))
+    with atomic_path(paths[2]) as temp:
+        plots.plot_precision_at_k(result.precision_at_k, temp, label=label)
     return paths

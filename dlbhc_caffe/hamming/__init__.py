@@ -174,15 +174,16 @@ def hamming_distances(queries, database, *, num_threads=None):
     return out
 
 
-def _check_k(k, n_database):
+def check_k(k, n_database, name="k"):
+    """k as an int (n_database for None); a clear ValueError naming `name` unless 1 <= k <= n."""
     if k is None:
         return n_database
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"k must be a positive integer (or None for the whole ranking); "
+        raise ValueError(f"{name} must be a positive integer (or None for the whole ranking); "
                          f"got {k!r}.")
     if k > n_database:
-        raise ValueError(f"k={k} is larger than the database ({n_database} items); pass "
-                         f"k <= {n_database}, or k=None for the whole ranking.")
+        raise ValueError(f"{name}={k} is larger than the database ({n_database} items); pass "
+                         f"{name} <= {n_database}, or {name}=None for the whole ranking.")
     return int(k)
 
 
@@ -198,7 +199,7 @@ def rank(queries, database, k=None, *, num_threads=None):
     ([[2, 1, 0]], [[0, 1, 2]])
     """
     q, db = _pair(queries, database)
-    k = _check_k(k, db.shape[0])
+    k = check_k(k, db.shape[0])
     ids = np.empty((q.shape[0], k), dtype=np.int64)
     dists = np.empty((q.shape[0], k), dtype=np.uint16)
     _hamming.topk(q, db, k, ids, dists, _team(num_threads, q.shape[0]))
