@@ -45,19 +45,13 @@ def _suffix(path):
 
 
 # ------------------------------------------------------------------------------------------------
-# raw readers: each returns a dict with "codes", "labels", "fc7" (None when absent) and
-# "matlab" (True when the matrices came from a .mat file, whose orientation may need turning)
+# raw readers: .npz and .index give a dict with "codes", "labels", "fc7" (None when absent)
 
 def _read_npz(path):
     with np.load(path, allow_pickle=False) as npz:
         found = {key: npz[key] for key in npz.files}
     return {"codes": found.get("codes"), "labels": found.get("labels"),
-            "fc7": found.get("fc7"), "keys": sorted(found), "matlab": False}
-
-
-def _read_npy(path):
-    array = np.load(path, allow_pickle=False)
-    return {"array": array, "matlab": False}
+            "fc7": found.get("fc7"), "keys": sorted(found)}
 
 
 def _mat_variables(path):
@@ -72,7 +66,7 @@ def _mat_variables(path):
             for name, item in mat.items():
                 if isinstance(item, h5py.Dataset) and not name.startswith("#"):
                     variables[name] = item[()]
-        return variables, True
+        return variables
     try:
         from scipy.io import loadmat
     except ImportError as err:  # pragma: no cover - scipy is a dependency
@@ -83,7 +77,7 @@ def _mat_variables(path):
     except Exception as err:  # scipy raises several types for a broken file
         raise ValueError(f"{path}: cannot read this .mat file ({err}).") from err
     return {name: np.asarray(value).T for name, value in raw.items()
-            if not name.startswith("__")}, False
+            if not name.startswith("__")}
 
 
 def _pick_mat_variable(path, variables, preferred, what):
@@ -126,7 +120,7 @@ def _read_index(path):
         from .hamming import unpack_codes
 
         codes = unpack_codes(codes, int(bits))
-    return {"codes": codes, "labels": field("labels"), "fc7": field("fc7"), "matlab": False}
+    return {"codes": codes, "labels": field("labels"), "fc7": field("fc7")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,9 +195,9 @@ def _read(path, want):
             raise ValueError(f"{path}: has no '{key}' array (it holds {raw['keys']}).")
         return raw[key], raw["labels"], False
     if suffix == ".npy":
-        return _read_npy(path)["array"], None, False
+        return np.load(path, allow_pickle=False), None, False
     if suffix == ".mat":
-        variables, _ = _mat_variables(path)
+        variables = _mat_variables(path)
         preferred = _MAT_CODE_NAMES if want == "codes" else _MAT_FEATURE_NAMES
         what = "codes" if want == "codes" else "features"
         return _pick_mat_variable(path, variables, preferred, what), None, True
@@ -257,7 +251,7 @@ def load_labels(path):
             raise ValueError(f"{path}: has no 'labels' array (it holds {raw['keys']}).")
         return _as_labels(path, raw["labels"])
     if suffix == ".mat":
-        variables, _ = _mat_variables(path)
+        variables = _mat_variables(path)
         return _as_labels(path, _pick_mat_variable(path, variables, ("labels", "label"),
                                                    "labels"))
     raise ValueError(f"{path}: unknown labels file type '{suffix}'; expected .txt (one label per "

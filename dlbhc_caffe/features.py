@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .proto import ProtoError, atomic_write_bytes, pb, read_mean, read_net
+from .fileio import atomic_write_bytes
+from .proto import ProtoError, pb, read_mean, read_net
 
 LATENT_BLOB = "fc8_kevin_encode"
 FC7_BLOB = "fc7"
@@ -107,6 +108,17 @@ def resize_bilinear(image, size):
         plane = Image.fromarray(np.ascontiguousarray(planes[:, :, c]))  # float32: mode "F"
         out[:, :, c] = np.asarray(plane.resize((width, height), Image.BILINEAR))
     return out[:, :, 0] if pixels.ndim == 2 else out
+
+
+def _mean_array(mean):
+    """A mean given as a .binaryproto path, read (:func:`dlbhc_caffe.proto.read_mean`); an array
+    or None as it is."""
+    if not isinstance(mean, (str, Path)):
+        return mean
+    try:
+        return read_mean(mean)
+    except ProtoError as err:
+        raise EncodeError(str(err)) from None
 
 
 def read_image(path, channels=3):
@@ -395,13 +407,8 @@ class Encoder:
         if shape is None or len(shape) != 4:
             raise EncodeError(f"{deploy}: the input '{input_blob}' needs a 4-D shape "
                               f"(N x C x H x W), got {shape}")
-        if isinstance(mean, (str, Path)):
-            try:
-                mean = read_mean(mean)
-            except ProtoError as err:
-                raise EncodeError(str(err)) from None
-        transform = Transform(crop=shape[2:], resize=resize, mean=mean, mean_values=mean_values,
-                              scale=scale, channels=shape[1])
+        transform = Transform(crop=shape[2:], resize=resize, mean=_mean_array(mean),
+                              mean_values=mean_values, scale=scale, channels=shape[1])
         from . import backends  # noqa: PLC0415
 
         caffe = backends.get(backend)
@@ -546,11 +553,7 @@ class Encoder:
 
     def _record_transform(self, record_shape, crop=None, mean=None, mean_values=None, scale=None):
         base = self._transform()
-        if isinstance(mean, (str, Path)):
-            try:
-                mean = read_mean(mean)
-            except ProtoError as err:
-                raise EncodeError(str(err)) from None
+        mean = _mean_array(mean)
         if mean is None and mean_values is None:
             mean, mean_values = base.mean, base.mean_values
         channels, height, width = record_shape
@@ -576,15 +579,18 @@ class Encoder:
         from .datasets.db import count_records, open_db  # noqa: PLC0415
         from .datasets.records import decode_datum  # noqa: PLC0415
 
-        total = count_records(path, backend)
-        if limit is not None:
-            total = min(total, int(limit))
+        limit = None if limit is None else int(limit)
+        total = None  # only the progress bar needs it, and counting LevelDB reads it all
+        if self.progress:
+            total = count_records(path, backend)
+            if limit is not None:
+                total = min(total, limit)
         iterator = open_db(path, backend)
         state = {}
 
         def records():
             for n, (key, datum) in enumerate(iterator):
-                if n >= total:
+                if limit is not None and n >= limit:
                     break
                 yield key, datum.label, decode_datum(datum)
 

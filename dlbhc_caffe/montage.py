@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .proto import atomic_write_bytes
+from .fileio import atomic_write_bytes
 
 TILE = 96
 PAD = 6

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..proto import datum_to_array, pb
+from ..proto import datum_from_array, datum_to_array, pb
 
 ENCODINGS = ("raw", "png", "jpg")
 JPEG_QUALITY = 95  # OpenCV's imencode default, which convert_imageset --encoded used
@@ -103,7 +103,7 @@ def to_record(image, label, size=256, gray=False, encoding="raw"):
     chw = to_caffe_layout(resize_image(image, size), gray=gray)
     c, h, w = chw.shape
     if encoding == "raw":
-        datum = pb.Datum(channels=c, height=h, width=w, data=chw.tobytes(), label=int(label))
+        datum = datum_from_array(chw, label)
     else:
         # Caffe's encoded records leave the size fields to the decoder; ours keep them for readers.
         datum = pb.Datum(channels=c, height=h, width=w, data=encode_image(chw, encoding),

@@ -13,6 +13,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from ..fileio import atomic_path, atomic_write_bytes
 from ..proto import ProtoError, read_mean
 from .build import log_line
 from .download import (ChecksumError, DownloadError, Resource, fetch, file_checksum,
@@ -69,10 +70,8 @@ def _extract_aux(archive, folder, force, log):
                 target = folder / name
                 if target.exists() and not force:
                     continue
-                tmp = folder / f".{name}.extract-{os.getpid()}"
-                with tar.extractfile(member) as src, open(tmp, "wb") as out:
-                    out.write(src.read())
-                os.replace(tmp, target)
+                with tar.extractfile(member) as src:
+                    atomic_write_bytes(target, src.read())
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DatasetError(f"{archive}: not a readable tar archive ({err})") from None
     if not (folder / MEAN_NAME).is_file():
@@ -88,13 +87,8 @@ def _install(source, target, move):
             return
         except OSError:
             pass  # another file system: copy
-    tmp = target.with_name(f".{target.name}.copy-{os.getpid()}")
-    try:
+    with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     if move:
         Path(source).unlink()
 

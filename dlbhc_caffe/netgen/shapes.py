@@ -11,7 +11,7 @@ would fail. Only the layer types the generators write are known; others raise.
 """
 import math
 
-from ..proto import ProtoError, pb
+from ..proto import ProtoError, filter_net
 
 _ELEMENTWISE = {"ReLU", "Sigmoid", "TanH", "Dropout", "LRN", "Softmax", "AbsVal", "BNLL", "Power"}
 
@@ -58,23 +58,14 @@ def _pool(shape, p, name):
     return (shape[0], shape[1], out[0], out[1])
 
 
-def _included(layer, phase):
-    if len(layer.include):
-        return any(not rule.HasField("phase") or rule.phase == phase for rule in layer.include)
-    return not any(rule.HasField("phase") and rule.phase == phase for rule in layer.exclude)
-
-
 def blob_shapes(net, phase="TEST", record_shape=None):
     """{blob name: shape} for `net` (a NetParameter) in `phase` ("TRAIN" or "TEST").
 
     record_shape (C, H, W) gives the size of the Datum records behind Data layers. Raises
     ProtoError naming the layer whose output would be empty or whose type is not known here.
     """
-    phase_value = pb.TRAIN if phase == "TRAIN" else pb.TEST
     shapes = {}
-    for layer in net.layer:
-        if not _included(layer, phase_value):
-            continue
+    for layer in filter_net(net, phase).layer:
         name, kind = layer.name, layer.type
         missing = [b for b in layer.bottom if b not in shapes]
         if missing:

@@ -258,9 +258,10 @@ class NetSpec:
                 "the dataset's own mean.binaryproto, or use --mean-value)")
 
     def _validate_shapes(self):
+        net = self.train_val()
         try:
             for phase in ("TRAIN", "TEST"):
-                shapes = blob_shapes(self.train_val(), phase, self.record_shape)
+                shapes = blob_shapes(net, phase, self.record_shape)
         except ProtoError as err:
             raise NetSpecError(f"{err} (input {'x'.join(map(str, self.input_shape))}: use a "
                                "larger crop or larger records)") from None

@@ -24,6 +24,12 @@ import numpy as np
 DEFAULT_RADIUS = 2  # "within Hamming radius 2", the customary hash lookup radius
 
 
+def _batch(codes):
+    """Query codes as a batch: one 0/1 code (1-D, not packed) is a batch of one."""
+    codes = np.asarray(codes)
+    return codes.reshape(1, -1) if codes.ndim == 1 and codes.dtype != np.uint64 else codes
+
+
 class Fc7Reranker:
     """The fine level: Euclidean distance between fc7 features, among given candidate rows.
 
@@ -99,9 +105,7 @@ class CoarseToFine:
         return int(r)
 
     def _queries(self, queries, fc7, fine):
-        codes = np.asarray(queries)
-        if codes.ndim == 1 and codes.dtype != np.uint64:
-            codes = codes.reshape(1, -1)
+        codes = _batch(queries)
         fc7 = np.asarray(fc7, np.float32)
         if fc7.ndim == 1:
             fc7 = fc7.reshape(1, -1)
@@ -124,9 +128,7 @@ class CoarseToFine:
                  for i in range(len(lims) - 1)]
         short = [i for i, (pool, _) in enumerate(pools) if len(pool) < k]
         if short:
-            codes = np.asarray(queries)
-            codes = codes.reshape(1, -1) if codes.ndim == 1 and codes.dtype != np.uint64 else codes
-            top_rows, top_distances = self.index.rank(codes[short], k)
+            top_rows, top_distances = self.index.rank(_batch(queries)[short], k)
             for j, i in enumerate(short):
                 pools[i] = (top_rows[j], top_distances[j])
         return pools

@@ -158,18 +158,20 @@ def query_features(index, latent_or_codes, fc7=None, k=10, fine=False, radius=DE
         if fc7 is None:
             raise ValueError("the fine search needs the queries' fc7 features")
         euclidean, ids = CoarseToFine(index, radius=radius).search(queries, fc7, k)
-    else:
-        euclidean, ids = None, index.search(queries, k)[1]
+        rows = index.rows_of(ids)
+        hamming = [index.hamming_to(queries[i:i + 1], rows[i])[0] for i in range(len(rows))]
+    else:  # the ranking gives the rows and their distances directly
+        euclidean = None
+        rows, hamming = index.rank(queries, k)
+        ids = index.ids[rows]
+    labels = index.labels
     results = []
     for i, row_ids in enumerate(ids):
-        rows = index.rows_of(row_ids)
-        dists = index.hamming_to(queries[i:i + 1], rows)[0]
-        paths = index.paths_of(rows)
-        labels = index.labels
-        results.append([Hit(rank=r + 1, id=int(row_ids[r]), row=int(rows[r]),
-                            hamming=int(dists[r]),
+        paths = index.paths_of(rows[i])
+        results.append([Hit(rank=r + 1, id=int(row_ids[r]), row=int(rows[i][r]),
+                            hamming=int(hamming[i][r]),
                             euclidean=None if euclidean is None else float(euclidean[i, r]),
-                            label=None if labels is None else int(labels[rows[r]]),
+                            label=None if labels is None else int(labels[rows[i][r]]),
                             path=paths[r]) for r in range(len(row_ids))])
     return results
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import proto
+from ..fileio import atomic_path
 from ..proto import pb
 from .log import CaffeLog, History, console, fmt
 from .netinfo import loss_outputs, net_outputs, solver_nets
@@ -433,14 +434,8 @@ def train(solver_path, *, backend="auto", weights=None, resume=None, final_model
         result.iteration = solver.iter
         if result.completed and final_model is not None:
             final_model = Path(final_model)
-            final_model.parent.mkdir(parents=True, exist_ok=True)
-            tmp_model = final_model.with_name(f".{final_model.name}.{os.getpid()}.tmp")
-            try:
+            with atomic_path(final_model) as tmp_model:
                 solver.net.save(str(tmp_model))
-                os.replace(tmp_model, final_model)
-            finally:
-                if tmp_model.exists():
-                    tmp_model.unlink()
             result.final_model = final_model
             log.info(f"Final model: {final_model}")
     finally:

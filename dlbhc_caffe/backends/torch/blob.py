@@ -13,7 +13,7 @@ element-by-element repeated-field access takes seconds for the 58 million weight
 import numpy as np
 import torch
 
-from ...proto import ProtoError, blob_to_array, pb
+from ...proto import ProtoError, blob_shape, blob_to_array
 
 _DEVICE, _HOST = "device", "host"
 
@@ -217,29 +217,24 @@ def _read_varint(buf, pos):
         shift += 7
 
 
-def _decode(raw, want_diff):
-    """(shape or None, legacy dims, values) parsed from a serialized BlobProto; None if the
-    blob uses a layout this fast path leaves to protobuf (unpacked floats, doubles)."""
+def _packed_values(raw, want_diff):
+    """The packed float data (or diff) of a serialized BlobProto, or None if the blob uses a
+    layout this fast path leaves to protobuf (unpacked floats, doubles)."""
     view = memoryview(raw)
-    pos, shape, legacy, values = 0, None, {}, None
+    pos, values = 0, np.zeros(0, np.float32)
     key = 6 if want_diff else 5
     while pos < len(raw):
         tag, pos = _read_varint(raw, pos)
         number, wire = tag >> 3, tag & 7
         if wire == 0:
-            value, pos = _read_varint(raw, pos)
-            if number in (1, 2, 3, 4):
-                legacy[number] = value
+            _, pos = _read_varint(raw, pos)
         elif wire == 2:
             length, pos = _read_varint(raw, pos)
-            payload = view[pos:pos + length]
-            pos += length
-            if number == 7:
-                shape = _decode_shape(bytes(payload))
-            elif number == key:
-                values = np.frombuffer(payload, dtype="<f4")
+            if number == key:
+                values = np.frombuffer(view[pos:pos + length], dtype="<f4")
             elif number in (8, 9):
                 return None
+            pos += length
         elif wire == 5:
             if number in (5, 6):
                 return None
@@ -248,45 +243,22 @@ def _decode(raw, want_diff):
             pos += 8
         else:
             return None
-    return shape, legacy, values
-
-
-def _decode_shape(raw):
-    dims, pos = [], 0
-    while pos < len(raw):
-        tag, pos = _read_varint(raw, pos)
-        if tag == (1 << 3 | 2):
-            length, pos = _read_varint(raw, pos)
-            end = pos + length
-            while pos < end:
-                dim, pos = _read_varint(raw, pos)
-                dims.append(dim - (1 << 64) if dim >= 1 << 63 else dim)
-        elif tag == (1 << 3 | 0):
-            dim, pos = _read_varint(raw, pos)
-            dims.append(dim)
-        else:
-            raise ProtoError("BlobShape with an unknown field")
-    return tuple(dims)
+    return values
 
 
 def proto_shape(blob):
     """(shape, is_legacy) of a BlobProto message."""
-    if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim), False
-    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        return (blob.num, blob.channels, blob.height, blob.width), True
-    return (len(blob.data) or len(blob.double_data),), False
+    legacy = not blob.HasField("shape") and any(
+        blob.HasField(f) for f in ("num", "channels", "height", "width"))
+    return blob_shape(blob), legacy
 
 
 def decode_blob(blob, diff=False):
     """A BlobProto message's data (or diff) as float32 numpy, fast for large blobs."""
-    parsed = _decode(blob.SerializeToString(), diff)
-    if parsed is None:
-        return blob_to_array(blob, diff=diff).astype(np.float32)
-    shape_field, legacy, values = parsed
-    shape, _ = proto_shape(blob)
+    values = _packed_values(blob.SerializeToString(), diff)
     if values is None:
-        values = np.zeros(0, np.float32)
+        return blob_to_array(blob, diff=diff).astype(np.float32)
+    shape = blob_shape(blob)
     if values.size != int(np.prod(shape, dtype=np.int64)):
         if values.size == 0 and diff:
             return np.zeros(shape, np.float32)
@@ -306,10 +278,4 @@ def shapes_match(target_shape, blob):
     return target_shape == shape
 
 
-def proto_from_bytes(raw):
-    blob = pb.BlobProto()
-    blob.MergeFromString(raw)
-    return blob
-
-
-__all__ = ["Blob", "encode_blob", "decode_blob", "shapes_match", "proto_shape", "proto_from_bytes"]
+__all__ = ["Blob", "encode_blob", "decode_blob", "shapes_match", "proto_shape"]

@@ -15,6 +15,7 @@ gradients of the consumers of each version of a blob instead.
 >>> net.blobs["data"].data[...] = batch                        # doctest: +SKIP
 >>> codes = net.forward()["fc8_kevin_encode"] > 0.5            # doctest: +SKIP
 """
+import contextlib
 import hashlib
 from collections import OrderedDict
 from pathlib import Path
@@ -211,8 +212,7 @@ class Net:
             self._loss_weights.append(weights)
         for name in self.blobs:
             self.blob_loss_weights.setdefault(name, 0.0)
-        latest = {name: v for name, v in version.items()}
-        consumed_names = {name for name, v in consumed_last if v == latest[name]}
+        consumed_names = {name for name, v in consumed_last if v == version[name]}
         self.outputs = sorted(name for name in self.blobs if name not in consumed_names)
         self._setup_params()
         self._setup_backward()
@@ -405,7 +405,7 @@ class Net:
     def _autocast(self):
         if runtime.precision() == "bf16" and self.device.type == "cuda":
             return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-        return _no_autocast
+        return contextlib.nullcontext
 
     def _forward(self, start, end):
         """Run layers start..end (inclusive); the loss (a float), as Caffe's ForwardFromTo."""
@@ -477,6 +477,28 @@ class Net:
                     layer.blobs[j].diff_tensor().add_(grad)
 
     # ---- pycaffe methods
+    # (arguments, what the net calls them, one of them, hint) in the errors of _write_arrays
+    _WRITE_WORDS = {"data": ("input blob arguments", "inputs", "input", " (reshape the blob "
+                             "first)"),
+                    "diff": ("top diff arguments", "outputs", "diff", "")}
+
+    def _write_arrays(self, values, side, expected):
+        """Write {blob: array} into each blob's `side`: forward's inputs ("data") or backward's
+        top diffs ("diff"); the names must be exactly `expected`."""
+        if not values:
+            return
+        what, expected_what, item, hint = self._WRITE_WORDS[side]
+        if set(values) != set(expected):
+            raise ValueError(f"{what} {sorted(values)} do not match the net {expected_what} "
+                             f"{expected}")
+        for name, value in values.items():
+            value = np.asarray(value)
+            blob = self.blobs[name]
+            if value.shape[0] != blob.shape[0]:
+                raise ValueError(f"{item} '{name}' has {value.shape[0]} items, the blob "
+                                 f"{blob.shape[0]}{hint}")
+            getattr(blob, side)[...] = value
+
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Run the net (or layers start..end, by name); returns {blob: data} of the outputs
         (or of `end`'s tops and `blobs`). Keyword arguments set the net's inputs first."""
@@ -488,16 +510,7 @@ class Net:
         else:
             end_i = len(self.layers) - 1
             outputs = set(self.outputs) | set(blobs)
-        if kwargs:
-            if set(kwargs) != set(self.inputs):
-                raise ValueError(f"input blob arguments {sorted(kwargs)} do not match the net "
-                                 f"inputs {self.inputs}")
-            for name, value in kwargs.items():
-                value = np.asarray(value)
-                if value.shape[0] != self.blobs[name].shape[0]:
-                    raise ValueError(f"input '{name}' has {value.shape[0]} items, the blob "
-                                     f"{self.blobs[name].shape[0]} (reshape the blob first)")
-                self.blobs[name].data[...] = value
+        self._write_arrays(kwargs, "data", self.inputs)
         self._forward(start_i, end_i)
         return {name: self.blobs[name].data for name in outputs}
 
@@ -513,16 +526,7 @@ class Net:
         else:
             end_i = 0
             outputs = set(self.inputs) | set(diffs)
-        if kwargs:
-            if set(kwargs) != set(self.outputs):
-                raise ValueError(f"top diff arguments {sorted(kwargs)} do not match the net "
-                                 f"outputs {self.outputs}")
-            for name, value in kwargs.items():
-                value = np.asarray(value)
-                if value.shape[0] != self.blobs[name].shape[0]:
-                    raise ValueError(f"diff '{name}' has {value.shape[0]} items, the blob "
-                                     f"{self.blobs[name].shape[0]}")
-                self.blobs[name].diff[...] = value
+        self._write_arrays(kwargs, "diff", self.outputs)
         self._backward(start_i, end_i)
         return {name: self.blobs[name].diff for name in outputs}
 
@@ -639,18 +643,6 @@ class Net:
     def __repr__(self):
         return (f"Net('{self.name}', phase={'TRAIN' if self.phase == TRAIN else 'TEST'}, "
                 f"{len(self.layers)} layers, device={self.device})")
-
-
-class _NoAutocast:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _no_autocast():
-    return _NoAutocast()
 
 
 __all__ = ["Net", "NetError", "NetContext", "TRAIN", "TEST"]

@@ -317,6 +317,7 @@ class Solver:
         if p.display and self.iter % p.display == 0:
             LOG.info("Iteration %d, lr = %g", self.iter, rate)
         params = self.net.learnable_params
+        lr_mults, decay_mults = self.net.params_lr, self.net.params_weight_decay
         with torch.no_grad():
             diffs = [blob.diff_tensor() for blob in params]
             self._clip(diffs)
@@ -324,13 +325,13 @@ class Solver:
                 diff, data = diffs[i], blob.tensor()
                 if p.iter_size > 1:
                     diff.mul_(_f32(1.0 / p.iter_size))
-                decay = _f32(_f32(p.weight_decay) * _f32(self.net.params_weight_decay[i]))
+                decay = _f32(_f32(p.weight_decay) * _f32(decay_mults[i]))
                 if decay:
                     if p.regularization_type == "L2":
                         diff.add_(data, alpha=decay)
                     else:
                         diff.add_(torch.sign(data), alpha=decay)
-                local_rate = _f32(rate * _f32(self.net.params_lr[i]))
+                local_rate = _f32(rate * _f32(lr_mults[i]))
                 self.compute_update(i, diff, local_rate)
             for blob, diff in zip(params, diffs):
                 blob.tensor().sub_(diff)
@@ -427,7 +428,7 @@ class AdamSolver(Solver):
     def compute_update(self, i, diff, local_rate):
         p = self.param
         beta1, beta2, eps = _f32(p.momentum), _f32(p.momentum2), _f32(p.delta)
-        n = len(self.net.learnable_params)
+        n = len(self.history) // 2
         m, v = self.history[i], self.history[i + n]
         t = self.iter + 1
         correction = _f32(math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t))
@@ -474,7 +475,7 @@ class AdaDeltaSolver(Solver):
 
     def compute_update(self, i, diff, local_rate):
         momentum, eps = _f32(self.param.momentum), _f32(self.param.delta)
-        n = len(self.net.learnable_params)
+        n = len(self.history) // 2
         grads, updates = self.history[i], self.history[i + n]
         grads.mul_(momentum).add_(diff * diff, alpha=_f32(1.0 - momentum))
         step = diff * ((updates + eps) / (grads + eps)).sqrt()

@@ -10,7 +10,6 @@ import math
 
 import torch
 
-from ....proto import pb
 from ..blob import Blob
 from ..fillers import default_filler, fill
 
@@ -39,7 +38,6 @@ class Layer:
     bottoms = (0, None)  # (min, max); max None = unbounded
     tops = (0, None)
     is_loss = False      # Caffe's LossLayer: loss_weight 1 on top 0 unless given
-    keeps_tops = False   # tops are written by the user or at setup (Input, constant DummyData)
 
     def __init__(self, param, phase, context):
         self.param = param
@@ -113,7 +111,7 @@ class Layer:
         for i, (shape, proto) in enumerate(zip(expected, self.param.blobs)):
             if not shapes_match(shape, proto):
                 self.fail(f"param {i} in the net definition has the wrong shape for {shape}")
-            values = torch.from_numpy(decode_blob(proto).reshape(shape).copy())
+            values = torch.from_numpy(decode_blob(proto).reshape(shape))  # a fresh array
             self.blobs.append(Blob(values.to(self.context.device)))
         return True
 
@@ -125,12 +123,6 @@ class Layer:
         self.blobs = [self.new_param(shape, filler, default) for shape, filler, default in specs]
 
 
-def has(param, field):
-    return param.HasField(field)
-
-
 def filler_or_none(message, field):
     return getattr(message, field) if message.HasField(field) else None
 
-
-PHASES = {pb.TRAIN: "TRAIN", pb.TEST: "TEST"}

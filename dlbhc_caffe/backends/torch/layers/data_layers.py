@@ -18,7 +18,6 @@ class Input(Layer):
 
     bottoms = (0, 0)
     tops = (1, None)
-    keeps_tops = True
 
     def setup(self, bottom_shapes):
         shapes = self.param.input_param.shape
@@ -44,7 +43,6 @@ class DummyData(Layer):
 
     bottoms = (0, 0)
     tops = (1, None)
-    keeps_tops = True
 
     def setup(self, bottom_shapes):
         dp = self.param.dummy_data_param
