@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from dlbhc_caffe import cli  # noqa: E402
 from dlbhc_caffe.demo import DemoOptions, run  # noqa: E402
 from dlbhc_caffe.features import EncodeError  # noqa: E402
 from dlbhc_caffe.proto import ProtoError  # noqa: E402
@@ -78,4 +79,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "demo.py"))

@@ -36,6 +36,7 @@ from PIL import Image
 
 from .fileio import atomic_write_bytes
 from .proto import ProtoError, pb, read_mean, read_net
+from .errors import DlbhcError
 
 LATENT_BLOB = "fc8_kevin_encode"
 FC7_BLOB = "fc7"
@@ -44,7 +45,7 @@ BATCH_SIZE = 10  # demo.m's batch
 FEATURE_SUFFIXES = (".npz", ".mat")
 
 
-class EncodeError(ValueError):
+class EncodeError(DlbhcError):
     """Inputs that cannot be encoded with the given net (shapes, sizes, files); names them."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import netgen
+from .errors import DlbhcError
 
 RUNS_ROOT = Path("runs")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ RUN_FILES = netgen.NET_FILES + ("run.json", "log.txt", "loss.png", "final.caffem
 SNAPSHOT_PATTERNS = ("*_iter_*.caffemodel", "*_iter_*.solverstate")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(DlbhcError):
     """A run folder that cannot be used as asked; the message says what to do."""
 
 

@@ -124,7 +124,7 @@ def test_cifar10_checksum_mismatch_names_file_and_sums_and_keeps_everything(tmp_
     before = sorted(p.name for p in (data / "cifar10").iterdir())
     # The real published md5 is the default: our small archive does not match it.
     result = cli("--dataset", "cifar10", "--root", data, "--from", archive.parent, "--force")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert str(archive) in result.stderr
     assert md5(archive)[4:] in result.stderr and "c32a1d4ab5d03f1284b67883e8d87530" in result.stderr
     assert archive.exists() and sorted(p.name for p in (data / "cifar10").iterdir()) == before
@@ -252,7 +252,7 @@ def test_corrupt_image_aborts_with_strict(tmp_path):
     result = cli("--dataset", "list", "--folder", tmp_path / "photos", "--root",
                  tmp_path / "data", "--resize", 8, "--test-fraction", 0.5, "--strict",
                  "--quiet")
-    assert result.returncode == 1 and "broken.jpg" in result.stderr
+    assert result.returncode == 2 and "broken.jpg" in result.stderr
     assert "--strict" in result.stderr
     assert not (tmp_path / "data" / "photos").exists()
     assert not [p for p in (tmp_path / "data").iterdir() if "partial" in p.name]
@@ -296,7 +296,7 @@ def test_bad_list_line_names_file_and_line(tmp_path):
         datasets.prepare("list", tmp_path / "data", list_file=lst, progress=False, log=_quiet)
     lst.write_text("a.png 0\nnolabel\n")
     result = cli("--dataset", "list", "--list", lst, "--root", tmp_path / "data")
-    assert result.returncode == 1 and f"{lst}:2: expected 'path label'" in result.stderr
+    assert result.returncode == 2 and f"{lst}:2: expected 'path label'" in result.stderr
 
 
 def test_list_path_with_spaces_relative_to_list_folder(tmp_path):
@@ -439,7 +439,7 @@ def test_caffenet_weights_and_mean_from_dir(tmp_path, fixtures_dir):
     assert model.exists()  # --from files are copied, never moved
     # The published sha1 is the default: a wrong file in --from is refused, nothing replaced.
     result = cli("--weights", "caffenet", "--root", data, "--from", offline, "--force")
-    assert result.returncode == 1 and "4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46" in result.stderr
+    assert result.returncode == 2 and "4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46" in result.stderr
     assert (data / "models" / model.name).read_bytes() == model.read_bytes()
 
 

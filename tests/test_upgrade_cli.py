@@ -250,7 +250,7 @@ def test_cli_reports_malformed_input(tmp_path, capsys):
     tool = load_tool()
     bad = tmp_path / "bad.prototxt"
     bad.write_text("layer {\n  name: \"a\"\n  type: ReLU\n}\n")
-    assert tool.main([str(bad), str(tmp_path / "out.prototxt")]) == 1
+    assert tool.main([str(bad), str(tmp_path / "out.prototxt")]) == 2
     assert "bad.prototxt:3" in capsys.readouterr().err
     assert not (tmp_path / "out.prototxt").exists()
 

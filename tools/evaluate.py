@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dlbhc_caffe import cli  # noqa: E402
 from dlbhc_caffe import codes, evaluation, metrics  # noqa: E402
 
 
@@ -130,4 +131,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "evaluate.py"))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dlbhc_caffe import cli  # noqa: E402
 from dlbhc_caffe import datasets  # noqa: E402
 from dlbhc_caffe.datasets.download import parse_checksum  # noqa: E402
 
@@ -114,9 +115,9 @@ def main(argv=None):
     except (datasets.DatasetError, datasets.DatabaseError, datasets.ChecksumError,
             datasets.DownloadError, datasets.ImageError) as err:
         print(f"prepare: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "prepare.py"))

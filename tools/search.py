@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dlbhc_caffe import cli  # noqa: E402
 from dlbhc_caffe import montage  # noqa: E402
 from dlbhc_caffe.features import EncodeError  # noqa: E402
 from dlbhc_caffe.proto import ProtoError  # noqa: E402
@@ -176,4 +177,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "search.py"))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dlbhc_caffe import cli  # noqa: E402
 from dlbhc_caffe import proto  # noqa: E402
 
 
@@ -41,7 +42,7 @@ def main(argv=None):
             net = proto.upgrade_net(old, source=str(source))
         except proto.ProtoError as err:
             print(f"error: {err}", file=sys.stderr)
-            return 1
+            return 2
     for warning in caught:
         print(f"warning: {source}: {warning.message}", file=sys.stderr)
     proto.write_message(net, target)
@@ -51,4 +52,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "upgrade_net.py"))

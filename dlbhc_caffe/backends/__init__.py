@@ -21,6 +21,7 @@ ValueError: unknown backend 'tensorflow': choose one of auto, caffe, torch
 """
 import importlib
 import sys
+from ..errors import DlbhcError
 
 NAMES = ("caffe", "torch")
 
@@ -35,7 +36,7 @@ _INSTALL = {
 }
 
 
-class BackendUnavailable(ImportError):
+class BackendUnavailable(DlbhcError, ImportError):
     """The engine a backend needs is not installed; the message says how to install it."""
 
 

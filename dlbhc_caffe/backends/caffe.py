@@ -29,13 +29,14 @@ from caffe import (TEST, TRAIN, AdaDeltaSolver, AdaGradSolver, AdamSolver,  # no
 
 from .. import proto  # noqa: E402
 from ..proto import pb  # noqa: E402
+from ..errors import DlbhcError
 
 name = "caffe"
 __version__ = getattr(_caffe, "__version__", "unknown")
 module = _caffe  # the pycaffe module itself, for what this surface does not re-export
 
 
-class NetValidationError(ValueError):
+class NetValidationError(DlbhcError):
     """A net Caffe would abort on; the message names the net, the layer and the file."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..proto import datum_from_array, pb
+from ..errors import DlbhcError
 
 BACKENDS = ("leveldb", "lmdb")
 KEY_DIGITS = 8  # convert_imageset's caffe::format_int(line_id, 8)
@@ -31,7 +32,7 @@ BATCH_BYTES = 64 << 20  # ...or sooner, once a batch holds this many bytes
 LMDB_INITIAL_MAP = 1 << 30  # grown by doubling when full, as Caffe's LMDB writer does
 
 
-class DatabaseError(ValueError):
+class DatabaseError(DlbhcError):
     """A database that cannot be opened, read or written; names the path."""
 
 

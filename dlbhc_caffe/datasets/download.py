@@ -24,17 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+from ..errors import DlbhcError
 
 ALGORITHMS = ("md5", "sha1", "sha256")
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 
 
-class ChecksumError(ValueError):
+class ChecksumError(DlbhcError):
     """A file whose checksum is not the expected one."""
 
 
-class DownloadError(OSError):
+class DownloadError(DlbhcError, OSError):
     """A file that could not be fetched from any of its URLs."""
 
 

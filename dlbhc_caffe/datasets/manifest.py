@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from ..proto import atomic_write_bytes
+from ..errors import DlbhcError
 
 MANIFEST = "dataset.json"
 FORMAT_VERSION = 1
@@ -22,7 +23,7 @@ PATH_KEYS = ("train_db", "test_db", "mean_file", "train_file_list", "test_file_l
              "train_labels", "test_labels")
 
 
-class DatasetError(ValueError):
+class DatasetError(DlbhcError):
     """A dataset folder, source or option that cannot be used; names the culprit."""
 
 

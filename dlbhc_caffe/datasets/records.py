@@ -22,12 +22,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..proto import datum_from_array, datum_to_array, pb
+from ..errors import DlbhcError
 
 ENCODINGS = ("raw", "png", "jpg")
 JPEG_QUALITY = 95  # OpenCV's imencode default, which convert_imageset --encoded used
 
 
-class ImageError(ValueError):
+class ImageError(DlbhcError):
     """An image file that cannot be read (missing, unreadable or corrupt); names the file."""
 
 

@@ -20,6 +20,7 @@ from ..proto import ProtoError, atomic_write_bytes, format_text, read_mean
 from . import caffenet, kevinnet, small
 from .shapes import blob_shapes
 from .solver import PAPER_SOLVER, SMALL_SOLVER, check_solver_settings, make_solver
+from ..errors import DlbhcError
 
 NETS = ("kevinnet", "small")
 DATABASES = ("leveldb", "lmdb")
@@ -30,7 +31,7 @@ IMAGENET_MEAN = Path("ilsvrc12") / "imagenet_mean.binaryproto"
 REFERENCE_DIR = Path("prototxt") / "cifar10_48"
 
 
-class NetSpecError(ValueError):
+class NetSpecError(DlbhcError):
     """A choice of net, dataset or solver that cannot work; the message says what to do."""
 
 

@@ -14,11 +14,12 @@ from google.protobuf import text_format
 
 from ..fileio import atomic_write_bytes
 from . import dlbhc_caffe_pb2 as pb
+from ..errors import DlbhcError
 
 BINARY_SUFFIXES = {".caffemodel", ".solverstate", ".binaryproto", ".pb", ".bin"}
 
 
-class ProtoError(ValueError):
+class ProtoError(DlbhcError):
     """A Caffe file that cannot be read or does not mean what it must."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import hamming
 from ..fileio import atomic_path
+from ..errors import DlbhcError
 
 MAGIC = b"DLBHCIDX"
 VERSION = 1
@@ -43,7 +44,7 @@ _DTYPES = {"codes": "<u8", "ids": "<i8", "labels": "<i8", "fc7": "<f4", "path_of
            "path_bytes": "u1"}
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(DlbhcError):
     """An index file that cannot be read: not an index, another version, or truncated."""
 
 

@@ -35,13 +35,14 @@ from .log import CaffeLog, History, console, fmt
 from .netinfo import loss_outputs, net_outputs, solver_nets
 from .schedule import learning_rate
 from .weights import copy_weights, param_shapes, plan_weight_copy
+from ..errors import DlbhcError
 
 NEVER = 2 ** 31 - 1  # an iteration count the engine never reaches
 DATA_CURSOR_NOTE = ("a .solverstate holds no data cursor: the resumed Data layer reads its "
                     "database from the first record again")
 
 
-class TrainError(ValueError):
+class TrainError(DlbhcError):
     """A solver, snapshot or weights file that cannot be trained with; names the file."""
 
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import proto
+from ..errors import DlbhcError
 
 
-class WeightsError(ValueError):
+class WeightsError(DlbhcError):
     """Pretrained weights that do not fit the net; names the file and the layer."""
 
 

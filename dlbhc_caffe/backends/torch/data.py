@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ...proto import ProtoError, pb, read_mean
+from ...errors import DlbhcError
 
 # ---------------------------------------------------------------- databases
 
-class DataError(ValueError):
+class DataError(DlbhcError):
     """A data source that cannot be read as the layer asks; names the layer and the source."""
 
 

@@ -28,11 +28,12 @@ from . import runtime
 from .blob import Blob, decode_blob, proto_shape, shapes_match
 from .layers import layer_class
 from .layers.base import LayerError
+from ...errors import DlbhcError
 
 TRAIN, TEST = pb.TRAIN, pb.TEST
 
 
-class NetError(ValueError):
+class NetError(DlbhcError):
     """A net Caffe would refuse to build or run; the message names the layer or blob."""
 
 

@@ -35,12 +35,13 @@ from ...proto import ProtoError, pb, read_net, read_solver, read_solverstate, up
 from . import runtime
 from .blob import decode_blob, encode_blob
 from .net import Net, NetError
+from ...errors import DlbhcError
 
 LOG = runtime.LOG
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 
-class SolverError(ValueError):
+class SolverError(DlbhcError):
     """A solver file or state Caffe would refuse; the message names the field or file."""
 
 

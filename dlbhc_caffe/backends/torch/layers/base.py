@@ -12,9 +12,10 @@ import torch
 
 from ..blob import Blob
 from ..fillers import default_filler, fill
+from ....errors import DlbhcError
 
 
-class LayerError(ValueError):
+class LayerError(DlbhcError):
     """A layer whose parameters or inputs Caffe would reject; the message names the layer."""
 
 
