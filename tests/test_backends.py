@@ -191,7 +191,7 @@ BAD_NETS = {
     "mean_value count": (dict(transform="mean_value: 1 mean_value: 2"),
                          "2 mean_value entries for 3-channel records"),
     "mean file and values": (dict(transform='mean_file: "{d}/mean.binaryproto" mean_value: 1'),
-                             "both mean_file and mean_value"),
+                             "cannot specify mean_file and mean_value"),
     "backend mismatch": (dict(backend="LMDB"), "says backend LMDB but"),
     "layer type not built": (dict(data_type="ImageData"), "needs Caffe built with OpenCV"),
 }

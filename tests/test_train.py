@@ -26,7 +26,7 @@ from dlbhc_caffe.datasets.db import write_records
 from dlbhc_caffe.proto import pb
 from dlbhc_caffe.train import (TrainError, filter_net, learning_rate, loss_outputs, net_outputs,
                                parse_log, train)
-from dlbhc_caffe.train.schedule import schedule_state
+from dlbhc_caffe.rules.schedule import schedule_state
 
 TRAIN_TOOL = ROOT / "tools" / "train.py"
 GLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} \d+ train\.py\] ")
@@ -594,8 +594,8 @@ def test_paper_recipe_end_to_end_on_a_tiny_archive(caffe, fixtures_dir, tmp_path
     assert "final.caffemodel exists" in again.stdout and "cifar10 exists" in again.stdout
 
 
-@pytest.mark.parametrize("module", ["dlbhc_caffe.train.weights", "dlbhc_caffe.train.netinfo",
-                                    "dlbhc_caffe.train.schedule", "dlbhc_caffe.train.log",
+@pytest.mark.parametrize("module", ["dlbhc_caffe.rules.weights", "dlbhc_caffe.rules.solver",
+                                    "dlbhc_caffe.rules.schedule", "dlbhc_caffe.train.log",
                                     "dlbhc_caffe.train.plot", "dlbhc_caffe.backends"])
 def test_docstring_examples_run(module):
     import doctest  # noqa: PLC0415

@@ -28,8 +28,12 @@ from caffe import (TEST, TRAIN, AdaDeltaSolver, AdaGradSolver, AdamSolver,  # no
                    set_device, set_mode_cpu, set_mode_gpu, set_random_seed)
 
 from .. import proto  # noqa: E402
-from ..proto import pb  # noqa: E402
-from ..errors import DlbhcError
+from ..datasets.db import DatabaseError, detect_backend, open_db  # noqa: E402
+from ..datasets.records import decode_datum  # noqa: E402
+from ..errors import DlbhcError  # noqa: E402
+from ..proto import filter_net, pb, phase_value  # noqa: E402
+from ..rules.transform import TransformError, check_param, transformed_shape  # noqa: E402
+from ..rules.weights import WeightsError, param_shapes, plan_weight_copy  # noqa: E402
 
 name = "caffe"
 __version__ = getattr(_caffe, "__version__", "unknown")
@@ -106,8 +110,6 @@ def _where(path):
 
 
 def _first_record(source, backend, culprit):
-    from ..datasets.db import DatabaseError, detect_backend, open_db  # noqa: PLC0415
-
     path = Path(source)
     if not path.is_dir():
         raise NetValidationError(f"{culprit}: database {_where(path)} does not exist")
@@ -133,32 +135,24 @@ def _first_record(source, backend, culprit):
 
 
 def _check_transform(layer, shape, culprit):
-    """Caffe's DataTransformer checks for records of `shape` (C, H, W)."""
-    channels, height, width = shape
+    """Caffe's DataTransformer checks (rules.transform) for records of `shape` (C, H, W)."""
     tp = layer.transform_param
-    crop = tp.crop_size
-    if crop and (crop > height or crop > width):
-        raise NetValidationError(f"{culprit}: crop_size {crop} is larger than the records "
-                                 f"({height}x{width})")
-    if tp.HasField("mean_file") and len(tp.mean_value):
-        raise NetValidationError(f"{culprit}: transform_param has both mean_file and mean_value; "
-                                 f"Caffe takes one")
-    if tp.HasField("mean_file"):
-        mean_path = Path(tp.mean_file)
-        if not mean_path.is_file():
-            raise NetValidationError(f"{culprit}: mean_file {_where(mean_path)} does not exist")
-        try:
-            mean = proto.read_mean(mean_path)
-        except proto.ProtoError as err:
-            raise NetValidationError(f"{culprit}: mean_file: {err}") from None
-        if tuple(mean.shape) != (channels, height, width):
-            raise NetValidationError(
-                f"{culprit}: mean_file {mean_path} is {'x'.join(map(str, mean.shape))} (CxHxW) "
-                f"but the records are {channels}x{height}x{width}: Caffe subtracts the mean at the "
-                f"record size, before cropping")
-    if len(tp.mean_value) not in (0, 1, channels):
-        raise NetValidationError(f"{culprit}: {len(tp.mean_value)} mean_value entries for "
-                                 f"{channels}-channel records (give 1 or {channels})")
+    mean_shape = None
+    try:
+        check_param(tp, culprit)
+        if tp.HasField("mean_file"):
+            mean_path = Path(tp.mean_file)
+            if not mean_path.is_file():
+                raise NetValidationError(f"{culprit}: mean_file {_where(mean_path)} does not "
+                                         f"exist")
+            try:
+                mean_shape = proto.read_mean(mean_path).shape
+            except proto.ProtoError as err:
+                raise NetValidationError(f"{culprit}: mean_file: {err}") from None
+        transformed_shape(shape, tp.crop_size, mean_shape, len(tp.mean_value), culprit,
+                          mean_name=f"mean_file {tp.mean_file}")
+    except TransformError as err:
+        raise NetValidationError(str(err)) from None
 
 
 def _check_data_layer(layer, culprit, can_decode):
@@ -174,8 +168,6 @@ def _check_data_layer(layer, culprit, can_decode):
                                  f"this Caffe is built without OpenCV; prepare the data with raw "
                                  f"records (prepare.py --encoding raw)")
     if datum.encoded:
-        from ..datasets.records import decode_datum  # noqa: PLC0415
-
         shape = decode_datum(datum).shape
     else:
         shape = (datum.channels, datum.height, datum.width)
@@ -219,8 +211,6 @@ def _param_shapes(net, phase, input_shapes):
     Caffe itself infers them, on a copy of the net whose data layers are Input layers of the
     shapes found in the records (batch 1): nothing is read and nothing can abort on data.
     """
-    from ..train.weights import param_shapes  # noqa: PLC0415
-
     shadow = pb.NetParameter()
     shadow.CopyFrom(net)
     del shadow.layer[:]
@@ -248,7 +238,8 @@ _DATA_TYPES = {"Data", "HDF5Data", "ImageData", "WindowData", "MemoryData", "Pyt
 
 
 def validate_net(prototxt, phase="TRAIN", weights=None, source=None):
-    """Check net `prototxt` (a path or a NetParameter) in `phase` as Caffe would build it.
+    """Check net `prototxt` (a path or a NetParameter) in `phase` (a phase, or a whole
+    pb.NetState as a solver merges it) as Caffe would build it.
 
     Checks, each failure a NetValidationError naming the net, the layer and the file:
     the prototxt exists and parses; every layer type is in this Caffe build; each Data layer's
@@ -263,10 +254,8 @@ def validate_net(prototxt, phase="TRAIN", weights=None, source=None):
     (net, plan) -- plan is None without weights. `source` names the net in messages (default:
     the path).
     """
-    from ..proto import filter_net, phase_value  # noqa: PLC0415
-    from ..train.weights import WeightsError, plan_weight_copy  # noqa: PLC0415
-
-    phase = phase_value(phase)
+    state = phase if isinstance(phase, pb.NetState) else pb.NetState(phase=phase_value(phase))
+    phase = state.phase
     if isinstance(prototxt, pb.NetParameter):
         source, net = source or "<NetParameter>", proto.upgrade_net(prototxt)
     else:
@@ -278,7 +267,7 @@ def validate_net(prototxt, phase="TRAIN", weights=None, source=None):
         except proto.ProtoError as err:
             raise NetValidationError(str(err)) from None
     try:
-        net = filter_net(net, phase)
+        net = filter_net(net, state)
     except proto.ProtoError as err:
         raise NetValidationError(f"{source}: {err}") from None
     known = set(layer_type_list())
@@ -306,7 +295,7 @@ def validate_net(prototxt, phase="TRAIN", weights=None, source=None):
     if unknown:
         raise NetValidationError(f"{source}: cannot check weights without running data layer(s) "
                                  f"{', '.join(unknown)}; check them on the built net instead "
-                                 f"(dlbhc_caffe.train.weights.plan_weight_copy)")
+                                 f"(dlbhc_caffe.rules.weights.plan_weight_copy)")
     shapes = _param_shapes(net, phase, input_shapes)
     try:
         plan = plan_weight_copy(shapes, weights)

@@ -15,13 +15,18 @@ PHASES = {"TRAIN": pb.TRAIN, "TEST": pb.TEST, pb.TRAIN: pb.TRAIN, pb.TEST: pb.TE
 
 
 def phase_value(phase):
-    """pb.TRAIN / pb.TEST from "TRAIN", "TEST" or the enum value itself."""
+    """pb.TRAIN / pb.TEST from "TRAIN", "TEST" (any case) or the enum value itself (0 or 1):
+    the one phase reader of the package (pycaffe's Net(file, phase) and every tool use it).
+
+    >>> phase_value("test"), phase_value(0)
+    (1, 0)
+    """
     if isinstance(phase, str):
         phase = phase.upper()
     try:
         return PHASES[phase]
     except (KeyError, TypeError):
-        raise ValueError(f"phase must be 'TRAIN' or 'TEST', got {phase!r}") from None
+        raise ProtoError(f"phase must be TRAIN or TEST (0 or 1), got {phase!r}") from None
 
 
 def state_meets_rule(state, rule):

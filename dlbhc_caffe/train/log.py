@@ -28,11 +28,6 @@ _TESTING = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
 _TEST_OUTPUT = re.compile(r"Test net output #(\d+): (\S+) = " + _NUMBER)
 
 
-def fmt(value):
-    """A number as Caffe's glog lines print it (C++ ostream default: 6 significant digits)."""
-    return f"{float(value):g}"
-
-
 class CaffeLog:
     """Writes Caffe-style log lines to a file (with glog's prefix) and to the console.
 

@@ -28,14 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import proto
+from .. import backends, proto
+from ..errors import DlbhcError
 from ..fileio import atomic_path
 from ..proto import pb
-from .log import CaffeLog, History, console, fmt
-from .netinfo import loss_outputs, net_outputs, solver_nets
-from .schedule import learning_rate
-from .weights import copy_weights, param_shapes, plan_weight_copy
-from ..errors import DlbhcError
+from ..rules.outputs import fmt, loss_outputs, net_outputs, output_lines
+from ..rules.schedule import learning_rate
+from ..rules.solver import SolverError, check_history, check_snapshot_prefix, check_solver, \
+    learnable_shapes, snapshot_paths, solver_nets
+from ..rules.weights import copy_weights, param_shapes, plan_weight_copy
+from .log import CaffeLog, History, console
 
 NEVER = 2 ** 31 - 1  # an iteration count the engine never reaches
 DATA_CURSOR_NOTE = ("a .solverstate holds no data cursor: the resumed Data layer reads its "
@@ -69,14 +71,6 @@ class TrainResult:
         return self.snapshots[-1] if self.snapshots else None
 
 
-def snapshot_paths(solver_param, iteration):
-    """(caffemodel, solverstate) Caffe writes for a snapshot at `iteration` (Solver::Snapshot)."""
-    prefix = f"{solver_param.snapshot_prefix}_iter_{iteration}"
-    if solver_param.snapshot_format == pb.SolverParameter.HDF5:
-        return Path(prefix + ".caffemodel.h5"), Path(prefix + ".solverstate.h5")
-    return Path(prefix + ".caffemodel"), Path(prefix + ".solverstate")
-
-
 def engine_solver(solver_param, seed=None, gpu=None):
     """The SolverParameter given to the engine: the loop, not the engine, tests, displays and
     snapshots (display and snapshot 0, no test before NEVER, no snapshot after training)."""
@@ -97,27 +91,11 @@ def engine_solver(solver_param, seed=None, gpu=None):
     return engine
 
 
-def learnable_shapes(net_param, net):
-    """Shapes of the learnable blobs in Caffe's order (Net::learnable_params: by layer, then
-    blob; a blob shared through a named ParamSpec counts once)."""
-    specs = {layer.name: list(layer.param) for layer in net_param.layer}
-    seen, shapes = set(), []
-    for layer_name, blobs in net.params.items():
-        for i, blob in enumerate(blobs):
-            spec = specs.get(layer_name, [])
-            shared = i < len(spec) and spec[i].name
-            if shared and shared in seen:
-                continue
-            if shared:
-                seen.add(shared)
-            shapes.append(tuple(blob.data.shape))
-    return shapes
-
-
-def check_solverstate(path, train_param, net):
+def check_solverstate(path, train_param, net, solver_type="SGD"):
     """Raise TrainError unless .solverstate `path` can restore `net` (pycaffe-shaped, built from
-    NetParameter `train_param`): its learned_net exists and fits, its history matches the net's
-    learnable blobs one for one. Returns the SolverState."""
+    NetParameter `train_param`) in a solver of `solver_type`: its learned_net exists and fits,
+    its history matches the net's learnable blobs (rules.solver.check_history). Returns the
+    SolverState."""
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"{path}: no such solverstate")
@@ -137,15 +115,11 @@ def check_solverstate(path, train_param, net):
             plan_weight_copy(param_shapes(net), learned)
         except ValueError as err:
             raise TrainError(f"{path}: {err}") from None
-    expected = learnable_shapes(train_param, net)
-    if len(state.history) != len(expected):
-        raise TrainError(f"{path}: {len(state.history)} history blobs, but the net has "
-                         f"{len(expected)} learnable blobs (a snapshot of another net?)")
-    for i, (blob, shape) in enumerate(zip(state.history, expected)):
-        have = proto.blob_shape(blob)
-        if int(np.prod(have)) != int(np.prod(shape)):
-            raise TrainError(f"{path}: history blob {i} has shape {have}, the net's learnable "
-                             f"blob {i} has {shape}")
+    try:
+        check_history(state.history, learnable_shapes(train_param, net.params), solver_type,
+                      path)
+    except SolverError as err:
+        raise TrainError(str(err)) from None
     return state
 
 
@@ -201,8 +175,8 @@ class _Loop:
     def __init__(self, solver, solver_param, nets, log, stop, result, bar):
         self.solver = solver
         self.param = solver_param
-        self.train_param = nets[0][1]
-        self.test_params = [net for _, net, _ in nets[1:]]
+        self.train_param = nets[0]
+        self.test_params = nets[1:]
         self.train_losses = loss_outputs(self.train_param)
         self.train_outputs = net_outputs(self.train_param)
         self.log = log
@@ -229,17 +203,13 @@ class _Loop:
                 values = [np.array(test_net.blobs[name].data, dtype=np.float64).ravel()
                           for name in outputs]
                 sums = values if sums is None else [s + v for s, v in zip(sums, values)]
-            score_index = 0
-            for name, total in zip(outputs, sums or []):
-                for value in total / self.param.test_iter[i]:
-                    line = f"    Test net output #{score_index}: {name} = {fmt(value)}"
-                    weight = losses.get(name, 0.0)
-                    if weight:
-                        line += f" (* {fmt(weight)} = {fmt(weight * value)} loss)"
-                    self.log.info(line)
-                    if total.size == 1:
-                        self.result.history.test.setdefault(name, []).append((it, float(value)))
-                    score_index += 1
+            means = {name: total / self.param.test_iter[i]
+                     for name, total in zip(outputs, sums or [])}
+            for line in output_lines("Test", means, losses):
+                self.log.info(line)
+            for name, mean in means.items():
+                if mean.size == 1:
+                    self.result.history.test.setdefault(name, []).append((it, float(mean[0])))
         return True
 
     def snapshot(self):
@@ -276,14 +246,10 @@ class _Loop:
         if self.display_due(it):
             self.log.info(f"Iteration {it}, loss = {fmt(smoothed)}")
             self.result.history.train_loss.append((it, smoothed))
-            for j, name in enumerate(self.train_outputs):
-                value = np.asarray(self.solver.net.blobs[name].data).ravel()
-                for v in value:
-                    line = f"    Train net output #{j}: {name} = {fmt(v)}"
-                    weight = self.train_losses.get(name, 0.0)
-                    if weight:
-                        line += f" (* {fmt(weight)} = {fmt(weight * v)} loss)"
-                    self.log.info(line)
+            values = {name: np.asarray(self.solver.net.blobs[name].data).ravel()
+                      for name in self.train_outputs}
+            for line in output_lines("Train", values, self.train_losses):
+                self.log.info(line)
             self.log.info(f"Iteration {it}, lr = {fmt(rate)}")
             self.result.history.lr.append((it, rate))
         self.bar.set_postfix(loss=f"{smoothed:.4g}", lr=f"{rate:.3g}", refresh=False)
@@ -338,15 +304,13 @@ def train(solver_path, *, backend="auto", weights=None, resume=None, final_model
     Paths inside the solver and net files are read against the working directory, as Caffe reads
     them.
     """
-    from .. import backends  # noqa: PLC0415
-
     started = time.time()
+    if weights is not None and resume is not None:  # arguments first, before an engine loads
+        raise TrainError("give weights to fine-tune or a solverstate to resume, not both "
+                         "(as `caffe train` requires)")
     engine = backends.get(backend) if isinstance(backend, str) else backend
     if verbose and hasattr(engine, "set_verbose"):
         engine.set_verbose(True)
-    if weights is not None and resume is not None:
-        raise TrainError("give weights to fine-tune or a solverstate to resume, not both "
-                         "(as `caffe train` requires)")
     solver_path = Path(solver_path)
     if not solver_path.is_file():
         raise TrainError(f"{solver_path}: no such solver file")
@@ -354,23 +318,26 @@ def train(solver_path, *, backend="auto", weights=None, resume=None, final_model
         raise TrainError(f"{weights}: no such weights file")
     try:
         solver_param = proto.read_solver(solver_path)
-        nets = solver_nets(solver_param)
     except proto.ProtoError as err:
         raise TrainError(f"{solver_path}: {err}") from None
     if not solver_param.max_iter:
         raise TrainError(f"{solver_path}: max_iter is not set")
     if not solver_param.snapshot_prefix:
         raise TrainError(f"{solver_path}: snapshot_prefix is not set")
-    try:
-        learning_rate(solver_param, 0)  # an unknown lr_policy fails here, not in the engine
-    except ValueError as err:
+    try:  # what real Caffe would abort on, checked before it sees the file
+        check_solver(solver_param)
+        check_snapshot_prefix(solver_param)
+        solver_nets_ = solver_nets(solver_param)
+    except SolverError as err:
         raise TrainError(f"{solver_path}: {err}") from None
     if hasattr(engine, "validate_net"):
-        for phase, net, source in nets:
+        for phase, net, source in solver_nets_:
             try:
-                engine.validate_net(net, phase, source=f"{source} ({phase})")
+                engine.validate_net(net, net.state,
+                                    source=f"{source} ({'TRAIN' if phase == pb.TRAIN else 'TEST'})")
             except ValueError as err:
                 raise TrainError(str(err)) from None
+    nets = [n.filtered() for n in solver_nets_]
 
     if hasattr(engine, "check_device"):
         engine.check_device(gpu)
@@ -395,7 +362,7 @@ def train(solver_path, *, backend="auto", weights=None, resume=None, final_model
 
         bar_total = solver_param.max_iter
         if resume is not None:
-            state = check_solverstate(resume, nets[0][1], solver.net)
+            state = check_solverstate(resume, nets[0], solver.net, solver_param.type)
             solver.restore(str(resume))
             result.resumed_from = Path(resume)
         bar = _progress(bar_total, solver.iter, progress)
@@ -416,7 +383,7 @@ def train(solver_path, *, backend="auto", weights=None, resume=None, final_model
                 raise TrainError(str(err)) from None
             for line in result.weights.summary():
                 log.info(line)
-        log.info(f"Solving {nets[0][1].name or solver_path}")
+        log.info(f"Solving {nets[0].name or solver_path}")
         log.info(f"Learning Rate Policy: {solver_param.lr_policy or 'fixed'}")
         with _StopRequest(log, enabled=handle_signals) as stop:
             loop.stop = stop

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...proto import ProtoError, pb, read_mean
 from ...errors import DlbhcError
+from ...proto import ProtoError, pb, read_mean
+from ...rules.transform import TransformError, check_param, transformed_shape
 
 # ---------------------------------------------------------------- databases
 
@@ -276,10 +277,10 @@ class Transformer:
         self.scale = np.float32(param.scale)
         self.mirror = bool(param.mirror)
         self.force_color, self.force_gray = param.force_color, param.force_gray
-        if self.force_color and self.force_gray:
-            raise DataError(f"{where}: force_color and force_gray cannot both be set")
-        if param.HasField("mean_file") and len(param.mean_value):
-            raise DataError(f"{where}: cannot specify mean_file and mean_value at the same time")
+        try:
+            check_param(param, where)
+        except TransformError as err:
+            raise DataError(str(err)) from None
         self.mean = None
         if param.HasField("mean_file"):
             try:
@@ -293,19 +294,14 @@ class Transformer:
         return self.mirror or (self.phase == pb.TRAIN and self.crop > 0)
 
     def output_shape(self, shape):
-        """The transformed shape of a C x H x W record, after Caffe's checks."""
-        c, h, w = shape
-        if self.crop and (h < self.crop or w < self.crop):
-            raise DataError(f"{self.where}: crop_size {self.crop} is larger than the record "
-                            f"({h}x{w})")
-        if self.mean is not None and tuple(self.mean.shape) != (c, h, w):
-            raise DataError(f"{self.where}: the mean is {tuple(self.mean.shape)}, the records "
-                            f"{(c, h, w)}: a mean_file must have the records' size (it is "
-                            "cropped with them)")
-        if len(self.mean_values) not in (0, 1, c):
-            raise DataError(f"{self.where}: specify either 1 mean_value or as many as channels "
-                            f"({c}), got {len(self.mean_values)}")
-        return (c, self.crop, self.crop) if self.crop else (c, h, w)
+        """The transformed shape of a C x H x W record, after Caffe's checks (rules.transform)."""
+        try:
+            return transformed_shape(shape, self.crop,
+                                     None if self.mean is None else self.mean.shape,
+                                     len(self.mean_values), self.where,
+                                     mean_name=f"mean_file {self.param.mean_file}")
+        except TransformError as err:
+            raise DataError(str(err)) from None
 
     def draw(self, shape, rng):
         """(h_off, w_off, mirror) for one record, drawn as Caffe draws them."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...proto import ProtoError, filter_net, pb, read_net, upgrade_net, write_binary
+from ...proto import ProtoError, filter_net, pb, phase_value, read_net, upgrade_net, write_binary
 from . import runtime
 from .blob import Blob, decode_blob, proto_shape, shapes_match
 from .layers import layer_class
@@ -63,14 +63,6 @@ class NetContext:
 
 
 # ---------------------------------------------------------------- the net
-
-def _phase_value(phase, where="phase"):
-    if phase in (TRAIN, TEST):
-        return int(phase)
-    if isinstance(phase, str) and phase.upper() in ("TRAIN", "TEST"):
-        return TRAIN if phase.upper() == "TRAIN" else TEST
-    raise ValueError(f"{where} must be TRAIN or TEST (0 or 1), got {phase!r}")
-
 
 def _parse_args(args, kwargs):
     """pycaffe's two forms: Net(file, phase, level=0, stages=None, weights=None) and
@@ -118,7 +110,7 @@ class Net:
             except ProtoError as err:
                 raise NetError(str(err)) from None
         if phase is not None:
-            param.state.phase = _phase_value(phase)
+            param.state.phase = phase_value(phase)
             param.state.level = level
             param.state.stage.extend(stages)
         self._source = source

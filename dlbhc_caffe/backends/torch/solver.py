@@ -23,26 +23,22 @@ the solver file (net, train_net, test_net, snapshot_prefix) are taken as they ar
 the working directory, as Caffe does.
 """
 import math
-import os
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ...proto import ProtoError, pb, read_net, read_solver, read_solverstate, upgrade_net, \
-    upgrade_solver, write_binary
+from ...proto import ProtoError, pb, read_net, read_solver, read_solverstate, upgrade_solver, \
+    write_binary
+from ...rules.outputs import output_lines
+from ...rules.schedule import learning_rate
+from ...rules.solver import SolverError, check_history, check_snapshot_prefix, check_solver, \
+    history_count, snapshot_paths, solver_nets
 from . import runtime
 from .blob import decode_blob, encode_blob
 from .net import Net, NetError
-from ...errors import DlbhcError
 
 LOG = runtime.LOG
-LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
-
-
-class SolverError(DlbhcError):
-    """A solver file or state Caffe would refuse; the message names the field or file."""
 
 
 def _f32(value):
@@ -54,7 +50,6 @@ class Solver:
     `snapshot()`, `restore(path)`, `add_callback(on_start, on_gradients_ready)`."""
 
     type = "SGD"
-    history_per_param = 1
 
     def __init__(self, solver, **unused):
         if unused:
@@ -71,106 +66,50 @@ class Solver:
         self._check()
         if self.param.random_seed >= 0:
             runtime.set_random_seed(self.param.random_seed)
-        self.net = self._train_net()
-        self.test_nets = self._test_nets()
+        self.net, self.test_nets = self._build_nets()
         for test_net in self.test_nets:
             test_net.share_with(self.net)
             test_net.forward_only = True
         self.iter = 0
         self.current_step = 0
         device = self.net.device
-        self.history = [torch.zeros(p.shape, dtype=torch.float32, device=device)
-                        for _ in range(self.history_per_param) for p in self.net.learnable_params]
+        params = self.net.learnable_params
+        self.history = [torch.zeros(params[i % len(params)].shape, dtype=torch.float32,
+                                    device=device)
+                        for i in range(history_count(self.type, len(params)))]
         self._callbacks = []
         self._losses = deque(maxlen=max(1, self.param.average_loss))
         self.last_test_scores = []
         self.requested_early_exit = False
 
-    # ---- construction (Caffe's Init, InitTrainNet, InitTestNets)
+    # ---- construction (Caffe's Init, InitTrainNet, InitTestNets: the rules are rules.solver's)
     def _fail(self, message):
         raise SolverError(f"{self._source}: {message}")
 
     def _check(self):
-        p = self.param
-        if p.lr_policy not in LR_POLICIES:
-            self._fail(f"unknown lr_policy '{p.lr_policy}' (known: {', '.join(LR_POLICIES)})")
-        if p.lr_policy == "step" and p.stepsize <= 0:
-            self._fail("lr_policy 'step' needs a positive stepsize")
-        if p.regularization_type not in ("L1", "L2"):
-            self._fail(f"unknown regularization_type '{p.regularization_type}' (L1 or L2)")
-        if p.iter_size < 1 or p.average_loss < 1:
-            self._fail("iter_size and average_loss must be at least 1")
-        if p.snapshot > 0 and not p.HasField("snapshot_prefix"):
-            self._fail("snapshot is specified but snapshot_prefix is not")
-        if p.snapshot_format == pb.SolverParameter.HDF5:
+        try:
+            check_solver(self.param, self.type)
+            if self.param.snapshot > 0:
+                check_snapshot_prefix(self.param)
+        except SolverError as err:
+            self._fail(err)
+        if self.param.snapshot_format == pb.SolverParameter.HDF5:
             self._fail("snapshot_format HDF5 is not supported by the torch backend; use "
                        "BINARYPROTO")
-        if p.snapshot > 0:
-            folder = Path(f"{p.snapshot_prefix}_iter_0").parent
-            if not folder.is_dir() or not os.access(folder, os.W_OK):
-                self._fail(f"cannot write snapshots with prefix '{p.snapshot_prefix}': folder "
-                           f"'{folder}' does not exist or is not writable")
 
-    def _read_net(self, path):
+    def _build_nets(self):
         try:
-            return read_net(path)
-        except ProtoError as err:
-            raise SolverError(f"{self._source}: {err}") from None
-
-    def _with_state(self, net_param, phase, extra_state):
-        net_param = upgrade_net(net_param, source=net_param.name or "<net>")
-        state = pb.NetState(phase=phase)
-        state.MergeFrom(net_param.state)
-        if extra_state is not None:
-            state.MergeFrom(extra_state)
-        net_param.state.CopyFrom(state)
-        return net_param
-
-    def _train_net(self):
-        p = self.param
-        given = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
-        if len(given) != 1:
-            self._fail("specify the train net with exactly one of net, net_param, train_net, "
-                       f"train_net_param (found {given or 'none'})")
-        field = given[0]
-        net_param = (getattr(p, field) if field.endswith("_param")
-                     else self._read_net(getattr(p, field)))
-        net_param = self._with_state(net_param, pb.TRAIN,
-                                     p.train_state if p.HasField("train_state") else None)
-        try:
-            return Net(net_param)
-        except NetError as err:
-            raise SolverError(f"{self._source}: train net ({field}): {err}") from None
-
-    def _test_nets(self):
-        p = self.param
-        generic = [f for f in ("net", "net_param") if p.HasField(f)]
-        if len(generic) > 1:
-            self._fail("both net_param and net may not be specified")
-        listed = [("test_net_param", n) for n in p.test_net_param] + \
-                 [(f"test_net file: {f}", self._read_net(f)) for f in p.test_net]
-        if generic:
-            if len(p.test_iter) < len(listed):
-                self._fail("test_iter must be specified for each test network")
-        elif len(p.test_iter) != len(listed):
-            self._fail(f"test_iter must be specified for each test network ({len(listed)} test "
-                       f"nets, {len(p.test_iter)} test_iter)")
-        while len(listed) < len(p.test_iter):
-            source = generic[0]
-            listed.append((source, p.net_param if source == "net_param"
-                           else self._read_net(p.net)))
-        if len(p.test_state) and len(p.test_state) != len(listed):
-            self._fail("test_state must be unspecified or specified once per test net")
-        if listed and p.test_interval <= 0:
-            self._fail("test nets need a positive test_interval")
-        nets = []
-        for i, (source, net_param) in enumerate(listed):
-            state = p.test_state[i] if len(p.test_state) else None
+            nets = solver_nets(self.param, read_net)
+        except SolverError as err:
+            self._fail(err)
+        built = []
+        for i, (phase, net_param, source) in enumerate(nets):
+            what = "train net" if i == 0 else f"test net #{i - 1}"
             try:
-                nets.append(Net(self._with_state(net_param, pb.TEST, state)))
+                built.append(Net(net_param))
             except NetError as err:
-                raise SolverError(f"{self._source}: test net #{i} ({source}): {err}") from None
-        return nets
+                self._fail(f"{what} ({source}): {err}")
+        return built[0], built[1:]
 
     # ---- the loop
     def add_callback(self, on_start, on_gradients_ready):
@@ -218,13 +157,10 @@ class Solver:
 
     def _display(self):
         LOG.info("Iteration %d, loss = %g", self.iter, self.smoothed_loss)
-        index = 0
-        for name in self.net.outputs:
-            weight = self.net.blob_loss_weights[name]
-            for value in np.asarray(self.net.blobs[name].data).ravel():
-                extra = f" (* {weight:g} = {weight * value:g} loss)" if weight else ""
-                LOG.info("    Train net output #%d: %s = %g%s", index, name, value, extra)
-                index += 1
+        values = {name: np.asarray(self.net.blobs[name].data).ravel()
+                  for name in self.net.outputs}
+        for line in output_lines("Train", values, self.net.blob_loss_weights):
+            LOG.info("%s", line)
 
     def solve(self, resume_file=None):
         """Train to max_iter (Caffe's Solver::Solve), restoring `resume_file` first if given."""
@@ -274,43 +210,20 @@ class Solver:
                     sums[name] = value.clone() if name not in sums else sums[name] + value
         if p.test_compute_loss:
             LOG.info("Test loss: %g", float(loss) / max(iters, 1))
-        scores, index = {}, 0
-        for name in net.outputs:
-            means = (sums[name].cpu().numpy() / iters) if iters else \
-                np.zeros(net.blobs[name].count, np.float32)
-            weight = net.blob_loss_weights[name]
-            for value in means:
-                extra = f" (* {weight:g} = {weight * value:g} loss)" if weight else ""
-                LOG.info("    Test net output #%d: %s = %g%s", index, name, value, extra)
-                index += 1
-            scores[name] = float(means[0]) if means.size == 1 else means.tolist()
-        return scores
+        means = {name: (sums[name].cpu().numpy() / iters) if iters else
+                 np.zeros(net.blobs[name].count, np.float32) for name in net.outputs}
+        for line in output_lines("Test", means, net.blob_loss_weights):
+            LOG.info("%s", line)
+        return {name: float(m[0]) if m.size == 1 else m.tolist() for name, m in means.items()}
 
     # ---- the update (Caffe's SGDSolver::ApplyUpdate and friends)
     def learning_rate(self):
         """The rate at the current iteration (updates current_step for step/multistep)."""
-        p, it = self.param, self.iter
-        base, gamma, power = _f32(p.base_lr), _f32(p.gamma), _f32(p.power)
-        policy = p.lr_policy
-        if policy == "fixed":
-            rate = base
-        elif policy == "step":
-            self.current_step = it // p.stepsize
-            rate = base * gamma ** self.current_step
-        elif policy == "exp":
-            rate = base * gamma ** it
-        elif policy == "inv":
-            rate = base * (1.0 + gamma * it) ** (-power)
-        elif policy == "multistep":
-            if self.current_step < len(p.stepvalue) and it >= p.stepvalue[self.current_step]:
-                self.current_step += 1
-                LOG.info("MultiStep Status: Iteration %d, step = %d", it, self.current_step)
-            rate = base * gamma ** self.current_step
-        elif policy == "poly":
-            rate = base * (1.0 - it / p.max_iter) ** power
-        else:  # sigmoid
-            rate = base * (1.0 / (1.0 + math.exp(-gamma * (it - p.stepsize))))
-        return _f32(rate)
+        rate, step = learning_rate(self.param, self.iter, self.current_step)
+        if step != self.current_step and self.param.lr_policy == "multistep":
+            LOG.info("MultiStep Status: Iteration %d, step = %d", self.iter, step)
+        self.current_step = step
+        return rate
 
     def apply_update(self):
         p = self.param
@@ -357,15 +270,11 @@ class Solver:
         diff.copy_(history)
 
     # ---- snapshots
-    def _snapshot_name(self, extension):
-        return f"{self.param.snapshot_prefix}_iter_{self.iter}{extension}"
-
     def snapshot(self):
         """Write <prefix>_iter_<iter>.caffemodel and .solverstate; returns their paths."""
-        model = self._snapshot_name(".caffemodel")
+        model, state_path = (str(p) for p in snapshot_paths(self.param, self.iter))
         LOG.info("Snapshotting to binary proto file %s", model)
         self.net.save(model, write_diff=self.param.snapshot_diff)
-        state_path = self._snapshot_name(".solverstate")
         LOG.info("Snapshotting solver state to binary proto file %s", state_path)
         state = pb.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
         for h in self.history:
@@ -383,17 +292,10 @@ class Solver:
             state = read_solverstate(path)
         except ProtoError as err:
             raise SolverError(str(err)) from None
-        if len(state.history) != len(self.history):
-            raise SolverError(f"{path}: incorrect length of history blobs: the state has "
-                              f"{len(state.history)}, this {self.type} solver needs "
-                              f"{len(self.history)}")
-        values = []
-        for i, (proto, h) in enumerate(zip(state.history, self.history)):
-            array = decode_blob(proto)
-            if array.size != h.numel():
-                raise SolverError(f"{path}: history blob {i} has shape {array.shape}, the "
-                                  f"param {tuple(h.shape)}")
-            values.append(array.reshape(tuple(h.shape)))
+        shapes = [tuple(p.shape) for p in self.net.learnable_params]
+        check_history(state.history, shapes, self.type, path)
+        values = [decode_blob(proto).reshape(tuple(h.shape))
+                  for proto, h in zip(state.history, self.history)]
         if state.HasField("learned_net") and state.learned_net:
             self.net.copy_from(state.learned_net)
         self.iter = state.iter
@@ -424,7 +326,6 @@ class NesterovSolver(Solver):
 
 class AdamSolver(Solver):
     type = "Adam"
-    history_per_param = 2
 
     def compute_update(self, i, diff, local_rate):
         p = self.param
@@ -441,11 +342,6 @@ class AdamSolver(Solver):
 class AdaGradSolver(Solver):
     type = "AdaGrad"
 
-    def _check(self):
-        super()._check()
-        if self.param.momentum != 0:
-            self._fail("momentum cannot be used with AdaGrad")
-
     def compute_update(self, i, diff, local_rate):
         eps = _f32(self.param.delta)
         history = self.history[i]
@@ -456,13 +352,6 @@ class AdaGradSolver(Solver):
 class RMSPropSolver(Solver):
     type = "RMSProp"
 
-    def _check(self):
-        super()._check()
-        if self.param.momentum != 0:
-            self._fail("momentum cannot be used with RMSProp")
-        if not 0 <= self.param.rms_decay <= 1:
-            self._fail("rms_decay must be in [0, 1]")
-
     def compute_update(self, i, diff, local_rate):
         decay, eps = _f32(self.param.rms_decay), _f32(self.param.delta)
         history = self.history[i]
@@ -472,7 +361,6 @@ class RMSPropSolver(Solver):
 
 class AdaDeltaSolver(Solver):
     type = "AdaDelta"
-    history_per_param = 2
 
     def compute_update(self, i, diff, local_rate):
         momentum, eps = _f32(self.param.momentum), _f32(self.param.delta)

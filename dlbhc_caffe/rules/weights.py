@@ -1,4 +1,5 @@
-"""Pretrained weights copied by layer name, as `caffe train -weights` does.
+"""Pretrained weights copied by layer name, as `caffe train -weights` does: one plan for both
+engines (the training loop copies with it, the real-Caffe validation checks with it).
 
 Caffe's Net::CopyTrainedLayersFrom walks the caffemodel's layers: a layer the net does not have is
 ignored; a layer it has gets every blob copied, and a different number of blobs or a different
@@ -19,7 +20,7 @@ three lists (copied, kept, ignored) can be reported.
 >>> plan_weight_copy({"fc7": [(5, 3)]}, path)
 Traceback (most recent call last):
 ...
-dlbhc_caffe.train.weights.WeightsError: ...: layer 'fc7', param 0: shape (4, 3) in the weights, (5, 3) in the net
+dlbhc_caffe.rules.weights.WeightsError: ...: layer 'fc7', param 0: shape (4, 3) in the weights, (5, 3) in the net
 """
 from dataclasses import dataclass, field
 from pathlib import Path
