@@ -16,50 +16,21 @@ gradients of the consumers of each version of a blob instead.
 >>> codes = net.forward()["fc8_kevin_encode"] > 0.5            # doctest: +SKIP
 """
 import contextlib
-import hashlib
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ...proto import ProtoError, filter_net, pb, phase_value, read_net, upgrade_net, write_binary
+from ...proto import ProtoError, filter_net, pb, phase_value, read_net, upgrade_net
 from . import runtime
-from .blob import Blob, decode_blob, proto_shape, shapes_match
+from .runtime import NetContext
+from .blob import Blob
 from .layers import layer_class
 from .layers.base import LayerError
-from ...errors import DlbhcError
+from .net_surface import SurfaceMixin
+from .net_weights import NetError, WeightsMixin
 
 TRAIN, TEST = pb.TRAIN, pb.TEST
-
-
-class NetError(DlbhcError):
-    """A net Caffe would refuse to build or run; the message names the layer or blob."""
-
-
-# ---------------------------------------------------------------- per-net random state
-
-class NetContext:
-    """What layers need from their net: the device and seeded generators."""
-
-    def __init__(self, device, seed):
-        self.device = torch.device(device)
-        self.seed = int(seed)
-        self.filler_generator = torch.Generator().manual_seed(self.seed)
-        self._generators = {}
-
-    def layer_seed(self, name):
-        digest = hashlib.blake2b(f"{self.seed}/{name}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") >> 1
-
-    def generator(self, device):
-        """A torch generator on `device` for draws made while running (dropout masks)."""
-        key = str(device)
-        if key not in self._generators:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.layer_seed(f"run:{key}"))
-            self._generators[key] = gen
-        return self._generators[key]
 
 
 # ---------------------------------------------------------------- the net
@@ -88,7 +59,7 @@ def _parse_args(args, kwargs):
     return network, phase, weights, int(level), list(stages or [])
 
 
-class Net:
+class Net(SurfaceMixin, WeightsMixin):
     """A Caffe net run by PyTorch, with pycaffe's surface (see the module docstring)."""
 
     def __init__(self, *args, **kwargs):
@@ -315,72 +286,35 @@ class Net:
                     for j, need in enumerate(self._bottom_need_backward[i])]
                 self._param_need_backward[i] = [True] * len(layer.blobs)
 
-    # ---- pycaffe properties
-    @property
-    def layer_dict(self):
-        return OrderedDict(zip(self._layer_names, self.layers))
-
-    @property
-    def _blob_names(self):
-        return list(self.blobs)
-
-    @property
-    def _inputs(self):
-        names = list(self.blobs)
-        return [names.index(n) for n in self.inputs]
-
-    @property
-    def _outputs(self):
-        names = list(self.blobs)
-        return [names.index(n) for n in self.outputs]
-
-    @property
-    def device(self):
-        return self._context.device
-
-    @property
-    def learnable_params(self):
-        """The params the solver updates (shared params once), in Caffe's order."""
-        return list(self._learnable)
-
-    @property
-    def params_lr(self):
-        return list(self._lr_mult)
-
-    @property
-    def params_weight_decay(self):
-        return list(self._decay_mult)
-
-    def layer_index(self, name):
-        try:
-            return self._layer_names.index(name)
-        except ValueError:
-            raise KeyError(f"the net has no layer '{name}' (layers: "
-                           f"{', '.join(self._layer_names)})") from None
-
     # ---- running
-    def _forward_layer(self, i, autocast):
+    def _run_layer(self, i, autocast, record):
+        """Layer i's forward on its bottoms' current data: (leaves_b, leaves_p, outs), the
+        leaves being fresh autograd leaves when `record` (else the tensors themselves)."""
         layer = self.layers[i]
         bottoms = [self.blobs[name].tensor() for name in layer.param.bottom]
         params = [b.tensor() for b in layer.blobs]
-        record = None
         try:
-            if self._layer_need_backward[i] and torch.is_grad_enabled() and \
-                    not self.forward_only:
-                leaves_b = [t.detach().requires_grad_(True) if need else t
-                            for t, need in zip(bottoms, self._bottom_need_backward[i])]
-                leaves_p = [t.detach().requires_grad_(True) if need else t
-                            for t, need in zip(params, self._param_need_backward[i])]
-                with autocast():
-                    outs = layer.forward(leaves_b, leaves_p)
+            if record:
+                bottoms = [t.detach().requires_grad_(True) if need else t
+                           for t, need in zip(bottoms, self._bottom_need_backward[i])]
+                params = [t.detach().requires_grad_(True) if need else t
+                          for t, need in zip(params, self._param_need_backward[i])]
+                with torch.enable_grad(), autocast():
+                    outs = layer.forward(bottoms, params)
                 outs = [o.float() if o is not None and o.dtype != torch.float32 else o
                         for o in outs]
-                record = (leaves_b, leaves_p, outs)
             else:
                 with torch.no_grad(), autocast():
                     outs = layer.forward(bottoms, params)
         except LayerError as err:
             raise NetError(f"{self._source}: {err}") from None
+        return bottoms, params, outs
+
+    def _forward_layer(self, i, autocast):
+        record = self._layer_need_backward[i] and torch.is_grad_enabled() and \
+            not self.forward_only
+        leaves_b, leaves_p, outs = self._run_layer(i, autocast, record)
+        record = (leaves_b, leaves_p, outs) if record else None
         self._records[i] = record
         loss = None
         for (name, _), out, weight in zip(self._top_ids[i], outs, self._loss_weights[i]):
@@ -429,10 +363,9 @@ class Net:
             record = self._records[i]
             layer = self.layers[i]
             if record is None:
-                why = (" (a solver's test net runs forward only)" if self.forward_only else
-                       "")
-                raise NetError(f"{self._source}: backward through layer '{layer.name}' before "
-                               f"a forward pass that reached it{why}")
+                # No forward reached this layer (Caffe's backward runs anyway, on the blobs'
+                # current data): record one now, leaving the tops as they are.
+                record = self._run_layer(i, self._autocast(), True)
             leaves_b, leaves_p, outs = record
             outputs, seeds = [], []
             for key, out in zip(self._top_ids[i], outs):
@@ -469,83 +402,6 @@ class Net:
                 else:
                     layer.blobs[j].diff_tensor().add_(grad)
 
-    # ---- pycaffe methods
-    # (arguments, what the net calls them, one of them, hint) in the errors of _write_arrays
-    _WRITE_WORDS = {"data": ("input blob arguments", "inputs", "input", " (reshape the blob "
-                             "first)"),
-                    "diff": ("top diff arguments", "outputs", "diff", "")}
-
-    def _write_arrays(self, values, side, expected):
-        """Write {blob: array} into each blob's `side`: forward's inputs ("data") or backward's
-        top diffs ("diff"); the names must be exactly `expected`."""
-        if not values:
-            return
-        what, expected_what, item, hint = self._WRITE_WORDS[side]
-        if set(values) != set(expected):
-            raise ValueError(f"{what} {sorted(values)} do not match the net {expected_what} "
-                             f"{expected}")
-        for name, value in values.items():
-            value = np.asarray(value)
-            blob = self.blobs[name]
-            if value.shape[0] != blob.shape[0]:
-                raise ValueError(f"{item} '{name}' has {value.shape[0]} items, the blob "
-                                 f"{blob.shape[0]}{hint}")
-            getattr(blob, side)[...] = value
-
-    def forward(self, blobs=None, start=None, end=None, **kwargs):
-        """Run the net (or layers start..end, by name); returns {blob: data} of the outputs
-        (or of `end`'s tops and `blobs`). Keyword arguments set the net's inputs first."""
-        blobs = list(blobs or [])
-        start_i = self.layer_index(start) if start is not None else 0
-        if end is not None:
-            end_i = self.layer_index(end)
-            outputs = set(blobs) | (set(self.top_names[end]) if end not in self.blobs else {end})
-        else:
-            end_i = len(self.layers) - 1
-            outputs = set(self.outputs) | set(blobs)
-        self._write_arrays(kwargs, "data", self.inputs)
-        self._forward(start_i, end_i)
-        return {name: self.blobs[name].data for name in outputs}
-
-    def backward(self, diffs=None, start=None, end=None, **kwargs):
-        """Backpropagate (from layer `start` down to `end`, by name); returns {blob: diff} of
-        the inputs (or of `end` and `diffs`). Keyword arguments set the outputs' diffs first."""
-        diffs = list(diffs or [])
-        start_i = self.layer_index(start) if start is not None else len(self.layers) - 1
-        if end is not None:
-            end_i = self.layer_index(end)
-            outputs = set(diffs) | (set(self.bottom_names[end]) if end not in self.blobs
-                                    else {end})
-        else:
-            end_i = 0
-            outputs = set(self.inputs) | set(diffs)
-        self._write_arrays(kwargs, "diff", self.outputs)
-        self._backward(start_i, end_i)
-        return {name: self.blobs[name].diff for name in outputs}
-
-    def forward_all(self, blobs=None, **kwargs):
-        """Forward inputs of any length in batches of the input blobs' size; returns
-        {blob: stacked data} of the outputs (and `blobs`) that have a batch axis."""
-        if not kwargs:
-            return {name: value.copy() for name, value in self.forward(blobs=blobs).items()}
-        total = len(next(iter(kwargs.values())))
-        batch = self.blobs[self.inputs[0]].shape[0]
-        names = [n for n in sorted(set(self.outputs) | set(blobs or []))
-                 if self.blobs[n].data.ndim and self.blobs[n].shape[0] == batch]
-        results = {name: [] for name in names}
-        for first in range(0, total, batch):
-            chunk = {}
-            for name, values in kwargs.items():
-                part = np.asarray(values[first:first + batch])
-                if len(part) < batch:
-                    pad = np.zeros((batch - len(part),) + part.shape[1:], part.dtype)
-                    part = np.concatenate([part, pad])
-                chunk[name] = part
-            out = self.forward(blobs=blobs, **chunk)
-            for name in names:
-                results[name].append(out[name].copy())
-        return {name: np.concatenate(parts)[:total] for name, parts in results.items()}
-
     def reshape(self):
         """Propagate input shapes through the net (after `blob.reshape`), as Caffe's Reshape."""
         for i, layer in enumerate(self.layers):
@@ -568,64 +424,6 @@ class Net:
         """Zero the diffs of all learnable params (Caffe's ClearParamDiffs)."""
         for blob in self._learnable:
             blob.diff_tensor().zero_()
-
-    def copy_from(self, path):
-        """Copy params from a caffemodel, layer by layer by name (Caffe's CopyTrainedLayersFrom);
-        layers the file lacks keep theirs, layers only the file has are ignored."""
-        try:
-            source = read_net(path)
-        except ProtoError as err:
-            raise NetError(str(err)) from None
-        self.copy_from_param(source, str(path))
-
-    def copy_from_param(self, source, where="<NetParameter>"):
-        index = {name: i for i, name in enumerate(self._layer_names)}
-        for src in source.layer:
-            if src.name not in index:
-                continue
-            target = self.layers[index[src.name]].blobs
-            if len(target) != len(src.blobs):
-                raise NetError(f"{where}: incompatible number of blobs for layer '{src.name}': "
-                               f"the file has {len(src.blobs)}, the net {len(target)}")
-            for j, (blob, proto) in enumerate(zip(target, src.blobs)):
-                if not shapes_match(blob.shape, proto):
-                    raise NetError(
-                        f"{where}: cannot copy param {j} weights from layer '{src.name}'; shape "
-                        f"mismatch. Source param shape is {proto_shape(proto)[0]}; target param "
-                        f"shape is {blob.shape}. To learn this layer's parameters from scratch "
-                        "rather than copying from a saved net, rename the layer.")
-                blob.copy_(torch.from_numpy(decode_blob(proto).reshape(blob.shape)))
-
-    def share_with(self, other):
-        """Use `other`'s param values (same memory) for the layers both nets have by name
-        (Caffe's ShareTrainedLayersWith: data shared, diffs kept apart)."""
-        mine = self.layer_dict
-        for name, layer in zip(other._layer_names, other.layers):
-            if name not in mine:
-                continue
-            target = mine[name].blobs
-            if len(target) != len(layer.blobs):
-                raise NetError(f"incompatible number of blobs for layer '{name}'")
-            for j, (blob, source) in enumerate(zip(target, layer.blobs)):
-                if blob.shape != source.shape:
-                    raise NetError(f"cannot share param {j} of layer '{name}': shapes "
-                                   f"{source.shape} and {blob.shape} differ")
-                blob.share_data(source)
-
-    def to_proto(self, write_diff=False):
-        """The net with its params as a NetParameter (Caffe's Net::ToProto)."""
-        out = pb.NetParameter(name=self.name)
-        for layer in self.layers:
-            lp = out.layer.add()
-            lp.CopyFrom(layer.param)
-            del lp.blobs[:]
-            for blob in layer.blobs:
-                lp.blobs.add().MergeFromString(blob.to_proto_bytes(write_diff))
-        return out
-
-    def save(self, path, write_diff=False):
-        """Write the net and its params as a binary .caffemodel that real Caffe loads."""
-        write_binary(self.to_proto(write_diff), path)
 
     def close(self):
         """Stop the data layers' loader threads."""

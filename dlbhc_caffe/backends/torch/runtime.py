@@ -6,6 +6,7 @@ draws -- fillers, crops, mirrors, dropout masks -- come from generators seeded f
 seed: `set_random_seed(s)` (or a solver's `random_seed`) makes a run repeatable. The draws follow
 Caffe's distributions, not Caffe's random streams.
 """
+import hashlib
 import logging
 import os
 import threading
@@ -127,6 +128,29 @@ def set_verbose(verbose):
 def default_workers():
     """Threads that decode and transform records for one data layer."""
     return max(1, min(4, (os.cpu_count() or 1)))
+
+
+class NetContext:
+    """What layers need from their net: the device and seeded generators."""
+
+    def __init__(self, device, seed):
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.filler_generator = torch.Generator().manual_seed(self.seed)
+        self._generators = {}
+
+    def layer_seed(self, name):
+        digest = hashlib.blake2b(f"{self.seed}/{name}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1
+
+    def generator(self, device):
+        """A torch generator on `device` for draws made while running (dropout masks)."""
+        key = str(device)
+        if key not in self._generators:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.layer_seed(f"run:{key}"))
+            self._generators[key] = gen
+        return self._generators[key]
 
 
 _apply_precision()

@@ -7,8 +7,14 @@ LAYERS = {}
 
 
 def register(type_name):
-    """Class decorator: make the class the implementation of Caffe layer type `type_name`."""
+    """Class decorator: make the class the implementation of Caffe layer type `type_name`.
+    A type registered twice is an error (Caffe's LayerRegistry aborts on it)."""
     def decorate(cls):
+        if type_name in LAYERS:
+            from .base import LayerError  # noqa: PLC0415
+
+            raise LayerError(f"layer type '{type_name}' already registered (by "
+                             f"{LAYERS[type_name].__module__}.{LAYERS[type_name].__name__})")
         cls.type = type_name
         LAYERS[type_name] = cls
         return cls
@@ -30,6 +36,6 @@ def layer_type_list():
     return sorted(LAYERS)
 
 
-from . import common, data_layers, loss, neuron, normalization, vision  # noqa: E402,F401
+from . import common, data_layers, loss, neuron, normalization, python, vision  # noqa: E402,F401
 
 __all__ = ["LAYERS", "register", "layer_class", "layer_type_list"]
