@@ -192,13 +192,13 @@ def _field(number, payload):
 
 def encode_blob(data, diff=None):
     """A serialized BlobProto with BlobShape `data.shape`, packed float data (and diff)."""
-    data = np.ascontiguousarray(data, dtype="<f4")
+    data = np.asarray(data, dtype="<f4", order="C")  # (ascontiguousarray makes 0-d 1-d)
     dims = b"".join(_varint(int(d)) for d in data.shape)
     out = [_field(7, _field(1, dims) if data.shape else b"")]
     if data.size:
         out.append(_field(5, data.tobytes()))
     if diff is not None:
-        diff = np.ascontiguousarray(diff, dtype="<f4")
+        diff = np.asarray(diff, dtype="<f4", order="C")
         if diff.shape != data.shape:
             raise ValueError(f"diff shape {diff.shape} differs from data shape {data.shape}")
         if diff.size:

@@ -36,6 +36,7 @@ def layer_type_list():
     return sorted(LAYERS)
 
 
-from . import common, data_layers, loss, neuron, normalization, python, vision  # noqa: E402,F401
+from . import (array, common, data_layers, loss, losses, neuron, normalization, python,  # noqa: E402,F401
+               vision)
 
 __all__ = ["LAYERS", "register", "layer_class", "layer_type_list"]

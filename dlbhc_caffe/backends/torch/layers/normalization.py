@@ -1,4 +1,4 @@
-"""BatchNorm, Scale and Bias as Caffe splits them: BatchNorm only normalizes (its three blobs are
+"""BatchNorm, Scale and Bias as Caffe splits them, and MVN: BatchNorm only normalizes (its three blobs are
 the running mean, the running variance and the moving-average factor, never learned), Scale
 multiplies by a learned per-channel factor and adds an optional bias.
 """
@@ -146,3 +146,28 @@ class Bias(Layer):
         x = bottoms[0]
         bias = bottoms[1] if len(bottoms) == 2 else params[0]
         return [x + _broadcast_to(bias, self.axis, x.dim())]
+
+
+@register("MVN")
+class MVN(Layer):
+    """Mean-variance normalization per item and channel (or per item, across_channels):
+    top = (x - mean) / (std + eps) with the population std, or x - mean without
+    normalize_variance (eps is added to the std, not to the variance, as in Caffe)."""
+
+    bottoms = (1, 1)
+    tops = (1, 1)
+
+    def reshape(self, bottom_shapes):
+        return [tuple(bottom_shapes[0])]
+
+    def forward(self, bottoms, params):
+        mp = self.param.mvn_param
+        x = bottoms[0]
+        groups = x.shape[0] if mp.across_channels else x.shape[0] * (x.shape[1] if x.dim() > 1
+                                                                    else 1)
+        flat = x.reshape(groups, -1)
+        centered = flat - flat.mean(dim=1, keepdim=True)
+        if mp.normalize_variance:
+            std = (centered * centered).mean(dim=1, keepdim=True).sqrt()
+            centered = centered / (std + float(mp.eps))
+        return [centered.reshape(x.shape)]

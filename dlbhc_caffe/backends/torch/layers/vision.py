@@ -1,4 +1,4 @@
-"""Convolution, Pooling and LRN with Caffe's shapes and arithmetic.
+"""Convolution, Deconvolution, Pooling and LRN with Caffe's shapes and arithmetic.
 
 Pooling follows Caffe's output size (ceil mode, then the last window dropped when it would start
 in the padding) and its edge rules: MAX takes the maximum over the window clipped to the image
@@ -102,6 +102,40 @@ class Convolution(Layer):
         bias = params[1] if len(params) > 1 else None
         return [F.conv2d(x, weight, bias, self.stride, self.pad, self.dilation, self.group)
                 for x in bottoms]
+
+
+@register("Deconvolution")
+class Deconvolution(Convolution):
+    """Caffe's Deconvolution (the transpose of Convolution): weights (C, num_output/group, kh,
+    kw), output size stride * (in - 1) + dilation * (kernel - 1) + 1 - 2 * pad."""
+
+    def make_params(self, specs):
+        (shape, filler, default), *rest = specs
+        outputs = shape[0]
+        transposed = (self.channels, outputs // self.group) + tuple(shape[2:])
+        super().make_params([(transposed, filler, default)] + rest)
+
+    def reshape(self, bottom_shapes):
+        tops = []
+        for shape in bottom_shapes:
+            if len(shape) != 4 or shape[1] != self.channels or shape != bottom_shapes[0]:
+                self.fail(f"bottom shape {tuple(shape)} does not match the first bottom "
+                          f"{tuple(bottom_shapes[0])} with {self.channels} channels")
+            out = [shape[0], self.param.convolution_param.num_output]
+            for i in range(2):
+                extent = self.dilation[i] * (self.kernel[i] - 1) + 1
+                size = self.stride[i] * (shape[2 + i] - 1) + extent - 2 * self.pad[i]
+                if size <= 0:
+                    self.fail(f"output size {size} along axis {2 + i} is not positive")
+                out.append(size)
+            tops.append(tuple(out))
+        return tops
+
+    def forward(self, bottoms, params):
+        weight = params[0]
+        bias = params[1] if len(params) > 1 else None
+        return [F.conv_transpose2d(x, weight, bias, self.stride, self.pad, 0, self.group,
+                                   self.dilation) for x in bottoms]
 
 
 def pooled_size(size, kernel, pad, stride, ceil_mode=True):
