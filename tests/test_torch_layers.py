@@ -735,3 +735,33 @@ def test_dummy_data_and_input(tmp_path):
     first = net.forward()["d"].copy()
     assert (net.blobs["c"].data == 9).all()
     assert not np.array_equal(net.forward()["d"], first)  # other fillers draw every forward
+
+
+def test_registering_a_layer_type_twice_is_an_error():
+    from dlbhc_caffe.backends.torch.layers import LAYERS, register  # noqa: PLC0415
+    from dlbhc_caffe.backends.torch.layers.base import Layer, LayerError  # noqa: PLC0415
+
+    before = LAYERS["ReLU"]
+    with pytest.raises(LayerError, match="layer type 'ReLU' already registered"):
+        register("ReLU")(type("AnotherReLU", (Layer,), {}))
+    assert LAYERS["ReLU"] is before
+
+
+def test_silence_takes_blobs_and_gives_them_no_gradient(tmp_path):
+    net = """
+    name: "s"
+    force_backward: true
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+            inner_product_param { num_output: 2 weight_filler { type: "constant" value: 1 } } }
+    layer { name: "mute" type: "Silence" bottom: "ip" bottom: "data" }
+    """
+    path = tmp_path / "s.prototxt"
+    path.write_text(textwrap.dedent(net))
+    model = engine.Net(str(path), engine.TEST)
+    assert model.outputs == [] and model.top_names["mute"] == []
+    model.blobs["data"].data[...] = 1.0
+    assert model.forward() == {}
+    assert model.blobs["ip"].data.tolist() == [[3.0, 3.0], [3.0, 3.0]]
+    model.backward()
+    assert not model.blobs["data"].diff.any()

@@ -80,7 +80,7 @@ layer { name: "rsum" type: "Reduction" bottom: "tile" top: "rsum" loss_weight: 0
 NEW_TYPES = ["Deconvolution", "Crop", "Slice", "PReLU", "ELU", "Power", "Exp", "Log", "AbsVal",
              "BNLL", "Threshold", "ArgMax", "Tile", "Reduction", "MVN", "Embed",
              "SigmoidCrossEntropyLoss", "ContrastiveLoss", "HingeLoss",
-             "MultinomialLogisticLoss", "InfogainLoss"]
+             "MultinomialLogisticLoss", "InfogainLoss", "Bias"]
 FORWARD_ONLY = {"Threshold", "ArgMax"}  # Caffe implements no backward for them
 PER_TYPE = {}
 
@@ -155,7 +155,7 @@ def test_new_layers_forward_backward_match_caffe(caffe, tmp_path):
             record(layer.type, "backward", value)
     assert np.abs(ours.params["deconv"][0].diff).max() > 0
     assert np.abs(ours.params["embed"][0].diff).max() > 0
-    assert {layer.type for layer in ours.layers} >= set(NEW_TYPES)
+    assert {layer.type for layer in ours.layers} >= set(NEW_TYPES) - {"Bias"}
 
 
 def test_argmax_ties_rank_the_higher_index_first(caffe, tmp_path):
@@ -172,3 +172,46 @@ def test_argmax_ties_rank_the_higher_index_first(caffe, tmp_path):
     theirs.forward()
     assert np.array_equal(ours.blobs["argmax"].data, theirs.blobs["argmax"].data)
     assert rel_diff(ours.blobs["argmax"].data, theirs.blobs["argmax"].data) == 0.0
+
+
+BIAS_SILENCE_NET = """
+name: "bias_silence"
+layer { name: "data" type: "Input" top: "data" top: "offsets"
+        input_param { shape { dim: 3 dim: 4 dim: 5 dim: 2 } shape { dim: 4 dim: 5 } } }
+layer { name: "bias" type: "Bias" bottom: "data" top: "bias" }
+layer { name: "bias_axis" type: "Bias" bottom: "bias" top: "bias_axis"
+        bias_param { axis: 2 num_axes: 2 } }
+layer { name: "bias_bottom" type: "Bias" bottom: "bias_axis" bottom: "offsets" top: "biased" }
+layer { name: "silence" type: "Silence" bottom: "bias" }
+layer { name: "loss" type: "EuclideanLoss" bottom: "biased" bottom: "data" top: "loss" }
+"""
+
+
+def test_bias_and_silence_match_caffe(caffe, tmp_path):
+    """Bias with a learned blob (default axis; axis 2 with num_axes 2) and with a second bottom;
+    Silence takes a blob without changing the gradient the other consumers give it."""
+    proto = write(tmp_path / "bias.prototxt", "force_backward: true\n" + BIAS_SILENCE_NET)
+    rng = np.random.default_rng(33)
+    ours = engine.Net(proto, engine.TEST)
+    for blobs in ours.params.values():
+        blobs[0].data[...] = rng.normal(0, 1, blobs[0].shape)
+    assert [ours.params[n][0].shape for n in ("bias", "bias_axis")] == [(4,), (5, 2)]
+    theirs = twin(caffe, proto, engine.TEST, ours, tmp_path)
+    feed(ours, theirs, {"data": rng.normal(0, 1, (3, 4, 5, 2)).astype(np.float32),
+                        "offsets": rng.normal(0, 1, (4, 5)).astype(np.float32)})
+    ours.forward()
+    theirs.forward()
+    assert ours.outputs == theirs.outputs == ["loss"]
+    for name in ("bias", "bias_axis", "biased", "loss"):
+        record("Bias", "forward", check("forward", f"bias:{name}", ours.blobs[name].data,
+                                        theirs.blobs[name].data, FORWARD_LIMIT))
+    ours.backward()
+    theirs.backward()
+    for name in ("data", "offsets", "bias", "bias_axis"):
+        record("Bias", "backward", check("backward", f"bias:{name}", ours.blobs[name].diff,
+                                         theirs.blobs[name].diff, BACKWARD_LIMIT))
+    for name in ("bias", "bias_axis"):
+        record("Bias", "backward", check("backward", f"bias:{name}[0]",
+                                         ours.params[name][0].diff,
+                                         theirs.params[name][0].diff, BACKWARD_LIMIT))
+    assert np.abs(ours.blobs["offsets"].diff).max() > 0
