@@ -4,16 +4,20 @@ pycaffe's surface (`dlbhc_caffe.backends.get("torch")` returns this module).
     Net(prototxt, phase, weights=None, level=0, stages=None)  or  Net(prototxt, weights, phase)
     net.blobs[name].data / .diff (writable numpy), .reshape(*shape); net.params[layer][i]
     net.forward(start=, end=, **inputs) -> {blob: data}; net.backward(); net.reshape()
-    net.copy_from(caffemodel); net.save(caffemodel)
+    net.copy_from(caffemodel or .h5); net.save(caffemodel); net.save_hdf5 / load_hdf5
     SGDSolver / NesterovSolver / AdamSolver / AdaGradSolver / RMSPropSolver / AdaDeltaSolver(path),
     get_solver(path): .net, .test_nets, .iter, .step(n), .solve(), .snapshot(), .restore(path)
     TRAIN, TEST, set_mode_cpu(), set_mode_gpu(), set_device(id), set_random_seed(seed),
     check_device(gpu) (raises BackendUnavailable when that CUDA device cannot be used)
     set_precision("float32" | "tf32" | "bf16") (float32 by default: exactness first)
 
-Layers: Input, DummyData, Data (LevelDB/LMDB), ImageData, Convolution, Pooling, LRN, ReLU,
-Sigmoid, TanH, Dropout, InnerProduct, Softmax, SoftmaxWithLoss, EuclideanLoss, Accuracy, Concat,
-Flatten, Reshape, Split, Eltwise, BatchNorm, Scale, Bias, Silence.
+Layers: Input, DummyData, Data (LevelDB/LMDB), ImageData, Convolution, Deconvolution, Pooling,
+LRN, ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log, Threshold, Dropout,
+InnerProduct, Embed, Softmax, SoftmaxWithLoss, EuclideanLoss, SigmoidCrossEntropyLoss,
+ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, InfogainLoss, Accuracy, ArgMax, Concat,
+Slice, Crop, Tile, Reduction, Flatten, Reshape, Split, Eltwise, BatchNorm, Scale, Bias, MVN,
+Silence, Python (a user's `caffe.Layer`). The whole pycaffe module (caffe.io, NetSpec, coord_map,
+...) on this backend is `dlbhc_caffe.pycaffe`.
 
 >>> from dlbhc_caffe.backends import torch as engine
 >>> engine.name, engine.TRAIN, engine.TEST

@@ -117,15 +117,47 @@ class SurfaceMixin:
         names = [n for n in sorted(set(self.outputs) | set(blobs or []))
                  if self.blobs[n].data.ndim and self.blobs[n].shape[0] == batch]
         results = {name: [] for name in names}
-        for first in range(0, total, batch):
-            chunk = {}
-            for name, values in kwargs.items():
-                part = np.asarray(values[first:first + batch])
-                if len(part) < batch:
-                    pad = np.zeros((batch - len(part),) + part.shape[1:], part.dtype)
-                    part = np.concatenate([part, pad])
-                chunk[name] = part
+        for chunk in self._batches(kwargs, batch):
             out = self.forward(blobs=blobs, **chunk)
             for name in names:
                 results[name].append(out[name].copy())
         return {name: np.concatenate(parts)[:total] for name, parts in results.items()}
+
+    @staticmethod
+    def _batches(values, batch):
+        """{name: array} in chunks of `batch` items, the last one padded with zeros."""
+        if not values:
+            return
+        total = len(next(iter(values.values())))
+        for first in range(0, total, batch):
+            chunk = {}
+            for name, array in values.items():
+                part = np.asarray(array[first:first + batch])
+                if len(part) < batch:
+                    pad = np.zeros((batch - len(part),) + part.shape[1:], part.dtype)
+                    part = np.concatenate([part, pad])
+                chunk[name] = part
+            yield chunk
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """forward and backward in batches: inputs and output diffs of any length (outputs
+        missing from kwargs keep their diffs); returns ({blob: data}, {blob: diff}), stacked,
+        the padding of the last batch dropped."""
+        batch = next(iter(self.blobs.values())).shape[0]
+        inputs = {k: v for k, v in kwargs.items() if k in self.inputs}
+        tops = {k: v for k, v in kwargs.items() if k in self.outputs}
+        outs = {name: [] for name in set(self.outputs) | set(blobs or [])}
+        grads = {name: [] for name in set(self.inputs) | set(diffs or [])}
+        forward_chunks = list(self._batches(inputs, batch))
+        backward_chunks = list(self._batches(tops, batch))
+        for i in range(max(len(forward_chunks), len(backward_chunks), 1)):
+            got = self.forward(blobs=blobs, **(forward_chunks[i] if i < len(forward_chunks)
+                                               else {}))
+            back = self.backward(diffs=diffs, **(backward_chunks[i] if i < len(
+                backward_chunks) else {}))
+            for store, result in ((outs, got), (grads, back)):
+                for name, value in result.items():
+                    store[name].extend(value.copy())
+        total = len(next(iter(kwargs.values()))) if kwargs else None
+        return ({n: np.asarray(v)[:total] for n, v in outs.items()},
+                {n: np.asarray(v)[:total] for n, v in grads.items()})

@@ -118,7 +118,7 @@ class Python(Layer):
 
     def run_backward(self, top_diffs, propagate_down):
         for blob, diff in zip(self._tops, top_diffs):
-            blob.set_diff(diff if diff is not None else torch.zeros(blob.shape))
+            blob.set_diff(diff if diff is not None else torch.zeros(blob.shape, device=blob.device))
         for blob in self._bottoms:
             blob.fill_diff(0.0)
         self.user.backward(self._tops, propagate_down, self._bottoms)
