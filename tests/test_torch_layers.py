@@ -765,3 +765,20 @@ def test_silence_takes_blobs_and_gives_them_no_gradient(tmp_path):
     assert model.blobs["ip"].data.tolist() == [[3.0, 3.0], [3.0, 3.0]]
     model.backward()
     assert not model.blobs["data"].diff.any()
+
+
+def test_backward_through_a_layer_without_one_is_an_error(tmp_path):
+    """Caffe's Threshold and ArgMax have no backward (Caffe aborts); here a NetError says so."""
+    net = """
+    name: "t"
+    force_backward: true
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "thresh" type: "Threshold" bottom: "data" top: "thresh" }
+    layer { name: "loss" type: "Reduction" bottom: "thresh" top: "loss" loss_weight: 1 }
+    """
+    path = tmp_path / "t.prototxt"
+    path.write_text(textwrap.dedent(net))
+    model = engine.Net(str(path), engine.TEST)
+    model.forward()
+    with pytest.raises(engine.NetError, match=r"layer 'thresh' \(Threshold\) has no backward"):
+        model.backward()

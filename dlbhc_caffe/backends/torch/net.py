@@ -362,6 +362,9 @@ class Net(SurfaceMixin, WeightsMixin):
                 continue
             record = self._records[i]
             layer = self.layers[i]
+            if not layer.has_backward and any(self._bottom_need_backward[i]):
+                raise NetError(f"{self._source}: layer '{layer.name}' ({layer.type}) has no "
+                               "backward (in Caffe either); keep it off the path to the loss")
             if record is None:
                 # No forward reached this layer (Caffe's backward runs anyway, on the blobs'
                 # current data): record one now, leaving the tops as they are.

@@ -141,6 +141,7 @@ class Reduction(Layer):
 class ArgMax(Layer):
     bottoms = (1, 1)
     tops = (1, 1)
+    has_backward = False
 
     def allow_force_backward(self, bottom_index):
         return False

@@ -39,6 +39,7 @@ class Layer:
     bottoms = (0, None)  # (min, max); max None = unbounded
     tops = (0, None)
     is_loss = False      # Caffe's LossLayer: loss_weight 1 on top 0 unless given
+    has_backward = True  # False: Caffe's Backward is NOT_IMPLEMENTED (ArgMax, Threshold)
 
     def __init__(self, param, phase, context):
         self.param = param

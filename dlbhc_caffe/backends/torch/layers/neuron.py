@@ -173,7 +173,9 @@ class BNLL(_Neuron):
 
 @register("Threshold")
 class Threshold(_Neuron):
-    """top = 1 where x > threshold, else 0 (no gradient: Caffe's has no backward)."""
+    """top = 1 where x > threshold, else 0 (no backward, as in Caffe)."""
+
+    has_backward = False
 
     def forward(self, bottoms, params):
         x = bottoms[0].detach()
