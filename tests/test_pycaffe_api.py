@@ -175,3 +175,16 @@ def test_runner_binds_caffe_and_passes_arguments(tmp_path):
                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert missing.returncode == 2 and "cannot open script 'nope.py'" in missing.stderr
     assert missing.stderr.count("\n") == 1
+
+
+@pytest.mark.caffe
+def test_classifier_matches_real_caffe(caffe, net_file, tmp_path):
+    ours.Net(net_file, ours.TEST).save(str(tmp_path / "w.caffemodel"))
+    rng = np.random.default_rng(8)
+    images = [rng.uniform(0, 1, (9, 11, 2)).astype(np.float32) for _ in range(2)]
+    for oversample in (True, False):
+        got, want = (module.Classifier(net_file, str(tmp_path / "w.caffemodel"), image_dims=(8, 8),
+                                       raw_scale=255.0, mean=np.array([100.0, 120.0]))
+                     .predict(images, oversample=oversample) for module in (ours, caffe))
+        assert got.shape == want.shape == (2, 3)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
