@@ -188,3 +188,76 @@ def test_classifier_matches_real_caffe(caffe, net_file, tmp_path):
                      .predict(images, oversample=oversample) for module in (ours, caffe))
         assert got.shape == want.shape == (2, 3)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+PYLOSS = '''
+import numpy as np
+import caffe
+
+
+class EuclideanLossLayer(caffe.Layer):
+    """Caffe's examples/pycaffe/layers/pyloss.py, as a user writes it."""
+
+    def setup(self, bottom, top):
+        if len(bottom) != 2:
+            raise Exception("Need two inputs to compute distance.")
+
+    def reshape(self, bottom, top):
+        if bottom[0].count != bottom[1].count:
+            raise Exception("Inputs must have the same dimension.")
+        self.diff = np.zeros_like(bottom[0].data, dtype=np.float32)
+        top[0].reshape(1)
+
+    def forward(self, bottom, top):
+        self.diff[...] = bottom[0].data - bottom[1].data
+        top[0].data[...] = np.sum(self.diff ** 2) / bottom[0].num / 2.
+
+    def backward(self, top, propagate_down, bottom):
+        for i in range(2):
+            if not propagate_down[i]:
+                continue
+            sign = 1 if i == 0 else -1
+            bottom[i].diff[...] = sign * self.diff / bottom[i].num
+'''
+
+
+def test_python_loss_layer_matches_the_builtin(tmp_path, monkeypatch):
+    """A Python loss layer (loss_weight 1) learns as Caffe's EuclideanLoss does: same loss, same
+    gradients through the net below it, over two solver-free SGD-style updates."""
+    (tmp_path / "pyloss.py").write_text(PYLOSS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "caffe", ours)
+    base = """
+    name: "reg"
+    layer { name: "data" type: "Input" top: "data" top: "target"
+            input_param { shape { dim: 4 dim: 6 } shape { dim: 4 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+            inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+    """
+    loss_layers = {
+        "builtin": 'layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "target" '
+                   'top: "loss" }',
+        "python": 'layer { name: "loss" type: "Python" bottom: "ip" bottom: "target" top: "loss" '
+                  'python_param { module: "pyloss" layer: "EuclideanLossLayer" } loss_weight: 1 }'}
+    nets = {}
+    for kind, layer in loss_layers.items():
+        path = tmp_path / f"{kind}.prototxt"
+        path.write_text(textwrap.dedent(base) + layer)
+        nets[kind] = ours.Net(str(path), ours.TRAIN)
+    nets["python"].params["ip"][0].data[...] = nets["builtin"].params["ip"][0].data
+    rng = np.random.default_rng(9)
+    inputs = {"data": rng.normal(size=(4, 6)), "target": rng.normal(size=(4, 3))}
+    for _ in range(2):
+        for net in nets.values():
+            net.clear_param_diffs()
+            net.forward(**inputs)
+            net.backward()
+        a, b = nets["builtin"], nets["python"]
+        np.testing.assert_allclose(b.blobs["loss"].data.reshape(()), a.blobs["loss"].data,
+                                   rtol=1e-6)
+        for i in range(2):
+            np.testing.assert_allclose(b.params["ip"][i].diff, a.params["ip"][i].diff,
+                                       rtol=1e-5, atol=1e-7)
+            for net in nets.values():
+                net.params["ip"][i].data[...] -= 0.1 * net.params["ip"][i].diff
+    assert np.abs(a.params["ip"][0].diff).max() > 0
