@@ -1,0 +1,74 @@
+"""A sample index to try the service on, built offline in seconds: the embedded digits written as
+PNG files in class folders, indexed with a given model, or with the small net at random weights
+(what the tests and the load benchmark use: the code paths and costs are a trained model's).
+
+>>> import tempfile
+>>> paths = write_digit_images(tempfile.mkdtemp(), limit=3)
+>>> [Path(p).parent.name for p in paths]
+['0', '1', '2']
+"""
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..search import workflow
+
+SIZE = 32  # the digits' record size in prepare, and the small net's input
+
+
+def write_digit_images(folder, limit=None, size=SIZE):
+    """The embedded digits (scikit-learn's 1,797) as ``folder/<label>/<row>.png``, RGB, upscaled
+    to ``size`` as prepare does; returns the paths."""
+    from ..datasets import digits  # noqa: PLC0415
+    from ..features import resize_bilinear  # noqa: PLC0415
+
+    images, labels = digits.load_images()
+    count = len(images) if limit is None else min(int(limit), len(images))
+    paths = []
+    for row in range(count):
+        pixels = np.clip(np.round(resize_bilinear(images[row], (size, size))), 0, 255)
+        path = Path(folder) / str(int(labels[row])) / f"{row:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.astype(np.uint8)).convert("RGB").save(path)
+        paths.append(str(path))
+    return paths
+
+
+def untrained_model(folder, bits=12, seed=1):
+    """The small net's deploy prototxt and random weights, written in ``folder``: a
+    :class:`~dlbhc_caffe.search.workflow.Model`.
+
+    The weights are He-scaled Gaussians (numpy, seeded), zero biases: the net is then a random
+    projection whose codes still keep similar pictures close. (The net's own fillers start conv1
+    so small that every fc7 unit is zero after ReLU, and every code the same.)
+    """
+    from .. import backends, netgen  # noqa: PLC0415
+    from ..proto import write_text  # noqa: PLC0415
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    deploy, weights = folder / "deploy.prototxt", folder / "random.caffemodel"
+    write_text(netgen.small.deploy_net(bits), deploy)
+    torch_backend = backends.get("torch")
+    net = torch_backend.Net(str(deploy), torch_backend.TEST)
+    rng = np.random.default_rng(seed)
+    for blobs in net.params.values():
+        weight = blobs[0].data
+        fan_in = int(np.prod(weight.shape[1:]))
+        weight[...] = rng.normal(0.0, np.sqrt(2.0 / fan_in), weight.shape)
+        if len(blobs) > 1:
+            blobs[1].data[...] = 0.0
+    net.save(str(weights))
+    return workflow.Model.from_files(deploy, weights, mean_values=[128.0])
+
+
+def build_sample_index(folder, model, out, backend="torch", limit=None):
+    """Digit images in ``folder`` (written unless there), indexed with ``model`` into ``out``."""
+    images = Path(folder)
+    if not images.is_dir():
+        write_digit_images(images, limit=limit)
+    paths, labels = workflow.scan_images(images)
+    index = workflow.build_index(model, paths, labels, backend=backend, batch_size=100,
+                                 source={"folder": str(images.resolve())})
+    return index.save(out)

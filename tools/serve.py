@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""Serve an index over HTTP: a JSON search API and a web page (drop an image, see its neighbours).
+
+    python tools/serve.py --index my.index                      # the model recorded in the index
+    python tools/serve.py --index my.index --run runs/digits_small_12 --port 8000
+    python tools/serve.py --index my.index --deploy D.prototxt --model M.caffemodel --mean M.binaryproto
+
+Then open http://127.0.0.1:8000/ . The API (JSON; errors are {"error": message} with a 4xx):
+
+    GET  /api/info                              images, bits, model, classes
+    GET  /api/search?id=ID&k=10[&fine=1&radius=2]   search from a database item
+    GET  /api/search?code=BITS_OR_HEX&k=10      search from a code
+    POST /api/search  multipart: image=@FILE [k, fine, radius]   search with an image
+    GET  /api/image/ID                          an item's thumbnail
+
+The index is memory-mapped and the model loaded once, in one process. It listens on 127.0.0.1
+unless --host says otherwise.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dlbhc_caffe import cli  # noqa: E402
+from dlbhc_caffe.features import EncodeError  # noqa: E402
+from dlbhc_caffe.search import DEFAULT_RADIUS, workflow  # noqa: E402
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("--index", required=True, metavar="INDEX", help="index file to serve")
+    g = p.add_argument_group("model (default: the one recorded in the index)")
+    g.add_argument("--run", metavar="DIR", help="training run folder")
+    g.add_argument("--deploy", metavar="PROTOTXT", help="deploy prototxt")
+    g.add_argument("--model", metavar="CAFFEMODEL", help="trained weights")
+    mean = g.add_mutually_exclusive_group()
+    mean.add_argument("--mean", metavar="BINARYPROTO", help="mean file (BGR)")
+    mean.add_argument("--mean-value", metavar="V[,V,V]",
+                      type=lambda t: [float(v) for v in t.split(",")], help="mean value(s), BGR")
+    g.add_argument("--resize", type=int, metavar="N", help="resize images to N x N first")
+    g.add_argument("--no-model", action="store_true",
+                   help="serve without a model: searches by id and code only, no uploads")
+    p.add_argument("--backend", choices=("auto", "caffe", "torch"), default="auto",
+                   help="engine that runs the net (default auto)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0,
+                   help="largest request body, MB (default 10)")
+    p.add_argument("--max-k", type=int, default=1000, help="most results per search (default 1000)")
+    p.add_argument("--radius", type=int, default=DEFAULT_RADIUS,
+                   help=f"default Hamming radius of the fine search (default {DEFAULT_RADIUS})")
+    p.add_argument("--classes", metavar="FILE",
+                   help="class names, one a line in label order (default: the class sub-folders "
+                        "the index was built from, when there are)")
+    p.add_argument("--log-level", default="info",
+                   choices=("critical", "error", "warning", "info", "debug"))
+    return p
+
+
+def model_from_args(args):
+    """The model to serve with: given, recorded in the index (None), or none (False)."""
+    given = args.run or args.deploy or args.model
+    if args.no_model and given:
+        raise EncodeError("--no-model and a model (--run/--deploy/--model) contradict each other")
+    if args.no_model:
+        return False
+    if args.run and (args.deploy or args.model):
+        raise EncodeError("give --run or --deploy/--model, not both")
+    if args.run:
+        return workflow.Model.from_run(args.run)
+    if args.deploy or args.model:
+        if not (args.deploy and args.model):
+            raise EncodeError("--deploy and --model go together")
+        return workflow.Model.from_files(args.deploy, args.model, mean=args.mean,
+                                         mean_values=args.mean_value, resize=args.resize)
+    return None
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.max_upload_mb <= 0 or args.max_k < 1 or args.radius < 0:
+        raise EncodeError("--max-upload-mb and --max-k must be positive, --radius non-negative")
+    from dlbhc_caffe import serve  # noqa: PLC0415 (imports the web framework)
+
+    searcher = serve.Searcher(args.index, model=model_from_args(args), backend=args.backend,
+                              names_file=args.classes, max_k=args.max_k,
+                              default_radius=args.radius)
+    info = searcher.info()
+    print(f"serving {args.index}: {info['images']} images, {info['bits']}-bit codes, "
+          f"{'model loaded' if info['upload'] else 'no model'}; "
+          f"http://{args.host}:{args.port}/", flush=True)
+    serve.serve(searcher, host=args.host, port=args.port,
+                max_upload=int(args.max_upload_mb * 1024 * 1024), log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main, "serve.py"))
