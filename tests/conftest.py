@@ -100,3 +100,17 @@ def trained_small_run(caffe, digits_data_root, tmp_path_factory):
                     f"{done.stderr[-3000:]}", pytrace=False)
     return {"run": run, "root": digits_data_root, "stdout": done.stdout,
             "seconds": time.time() - started, "command": command}
+
+
+# ---------------------------------------------------------------- search service (tests/test_serve*.py)
+
+@pytest.fixture(scope="session")
+def serve_sample(tmp_path_factory):
+    """The service's sample index: the embedded digits as PNG class folders, indexed by the small
+    net at random weights on the torch backend (no Caffe needed). A dict: index, images, model."""
+    from dlbhc_caffe.serve import sample  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("serve")
+    model = sample.untrained_model(root / "model")
+    index = sample.build_sample_index(root / "images", model, root / "digits.index")
+    return {"index": index, "images": root / "images", "model": model}

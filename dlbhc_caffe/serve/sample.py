@@ -72,3 +72,67 @@ def build_sample_index(folder, model, out, backend="torch", limit=None):
     index = workflow.build_index(model, paths, labels, backend=backend, batch_size=100,
                                  source={"folder": str(images.resolve())})
     return index.save(out)
+
+
+class LocalServer:
+    """``tools/serve.py`` in a child process on 127.0.0.1 and a free port, ready when entered,
+    stopped when left (a context manager): for tests and the load benchmark. ``log``: a file
+    for the server's output (default: dropped).
+    """
+
+    def __init__(self, index, args=(), timeout=120.0, log=None):
+        import sys  # noqa: PLC0415
+
+        self.port = None
+        self.timeout = timeout
+        self.log = log
+        tool = Path(__file__).resolve().parents[2] / "tools" / "serve.py"
+        self.command = [sys.executable, str(tool), "--index", str(index), *args,
+                        "--log-level", "warning"]
+        self.process = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        import socket  # noqa: PLC0415
+        import subprocess  # noqa: PLC0415
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        out = open(self.log, "wb") if self.log else subprocess.DEVNULL
+        self.process = subprocess.Popen(self.command[:4] + ["--port", str(self.port)]
+                                        + self.command[4:], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            self._wait()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _wait(self):
+        import time  # noqa: PLC0415
+        import urllib.request  # noqa: PLC0415
+
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tools/serve.py exited with {self.process.returncode} "
+                                   f"before answering (log: {self.log})")
+            try:
+                with urllib.request.urlopen(self.url + "/api/info", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"tools/serve.py did not answer within {self.timeout:.0f} s")
+
+    def __exit__(self, *exc):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except Exception:  # noqa: BLE001 (a stuck server is killed, whatever went wrong)
+                self.process.kill()
+                self.process.wait()
