@@ -13,7 +13,10 @@ PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(build-essential python3-dev python3-venv pkg-config
   libboost-system-dev libboost-thread-dev libboost-filesystem-dev libboost-python-dev
   libboost-regex-dev libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev
-  libhdf5-dev libleveldb-dev liblmdb-dev libsnappy-dev libopenblas-dev)
+  libhdf5-dev libleveldb-dev liblmdb-dev libsnappy-dev libopenblas-dev
+  chromium chromium-driver)  # the search page's browser tests (tests/test_serve_browser.py)
+# Playwright drives Debian's chromium above; it must never fetch a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -6,9 +6,10 @@ const $ = (id) => document.getElementById(id);
 const state = { info: null, last: null, objectUrl: null };
 
 function className(label) {
-  if (label === null || label === undefined) return "unlabelled";
+  if (label === null || label === undefined) return "label unknown";
   const names = state.info && state.info.classes;
-  return names && names[label] !== undefined ? `${names[label]} (${label})` : `label ${label}`;
+  if (!names || names[label] === undefined) return `label ${label}`;
+  return names[label] === String(label) ? `class ${label}` : `${names[label]} (${label})`;
 }
 
 function setStatus(text, isError) {
