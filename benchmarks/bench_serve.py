@@ -142,6 +142,12 @@ def rss_mb(pid):
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def sample_rss(pid, samples, done, every):
+    """Append the server's RSS (MB) to ``samples`` every ``every`` seconds until ``done``."""
+    while not done.wait(every):
+        samples.append(rss_mb(pid))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--index", help="index to serve (default: the sample digits index)")
@@ -167,8 +173,14 @@ def main(argv=None):
     with sample.LocalServer(index, serve_args, log=Path(work) / "server.log") as server:
         run_load(server.url, ids, images, clients=2, seconds=2.0, k=args.k)  # warm-up
         rss_start, load_start = rss_mb(server.process.pid), os.getloadavg()
+        samples, done = [], threading.Event()
+        sampler = threading.Thread(target=sample_rss, args=(server.process.pid, samples, done,
+                                                            args.seconds / 6))
+        sampler.start()
         figures = run_load(server.url, ids, images, clients=args.clients, seconds=args.seconds,
                            max_requests=args.max_requests, k=args.k)
+        done.set()
+        sampler.join()
         rss_end, load_end = rss_mb(server.process.pid), os.getloadavg()
     figures.update({"clients": args.clients, "k": args.k, "index": str(index),
                     "images": len(ids), "rss_start_mb": rss_start, "rss_end_mb": rss_end,
@@ -182,7 +194,8 @@ def main(argv=None):
     for kind, stats in figures["per_kind"].items():
         print(f"  {kind:12s} n={stats['n']:6d}  p50 {stats['p50_ms']:7.1f} ms  "
               f"p99 {stats['p99_ms']:7.1f} ms  in-process median {local[kind]:6.2f} ms")
-    print(f"server RSS {rss_start:.1f} MB after warm-up, {rss_end:.1f} MB at the end; "
+    print(f"server RSS {rss_start:.1f} MB after warm-up, {rss_end:.1f} MB at the end (during: "
+          f"{', '.join(f'{m:.1f}' for m in samples)}); "
           f"load average {load_start[0]:.2f} -> {load_end[0]:.2f} on {os.cpu_count()} CPUs")
     for line in figures["first_errors"]:
         print("  error:", line)

@@ -126,7 +126,6 @@ def test_upload_click_and_toggle_in_the_browser(browser, trained_server, tmp_pat
                      params={"id": clicked, "k": 10, "fine": 1}).json()
     assert [t["id"] for t in tiles(page)] == [r["id"] for r in fine["results"]]
     shoot(page, tmp_path, "fine.png")
-    page.go_back()  # the previous query came from the page's history
     page.close()
 
 

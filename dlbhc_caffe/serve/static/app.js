@@ -82,6 +82,8 @@ function showResults(answer) {
     const img = document.createElement("img");
     img.src = `/api/image/${encodeURIComponent(hit.id)}`;
     img.alt = `item ${hit.id}`;
+    // an item whose path is no image file here (e.g. a database record) has no thumbnail
+    img.addEventListener("error", () => tile.classList.add("nopic"));
     const caption = document.createElement("figcaption");
     const line1 = document.createElement("div");
     line1.textContent = `#${i + 1} · dH ${hit.distance}` +
