@@ -75,7 +75,8 @@ def run_load(url, ids, images, clients=8, seconds=30.0, max_requests=MAX_REQUEST
                 try:
                     response = _request(client, kind, ids, images, rng, k)
                     ok = response.status_code == 200 and len(response.json()["results"]) == k
-                    problem = None if ok else f"{kind}: {response.status_code} {response.text[:200]}"
+                    problem = None if ok else \
+                        f"{kind}: {response.status_code} {response.text[:200]}"
                 except (httpx.HTTPError, ValueError, KeyError) as err:
                     problem = f"{kind}: {type(err).__name__}: {err}"
                 elapsed = time.perf_counter() - started

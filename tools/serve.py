@@ -3,7 +3,8 @@
 
     python tools/serve.py --index my.index                      # the model recorded in the index
     python tools/serve.py --index my.index --run runs/digits_small_12 --port 8000
-    python tools/serve.py --index my.index --deploy D.prototxt --model M.caffemodel --mean M.binaryproto
+    python tools/serve.py --index my.index --deploy D.prototxt --model M.caffemodel \\
+        --mean M.binaryproto
 
 Then open http://127.0.0.1:8000/ . The API (JSON; errors are {"error": message} with a 4xx):
 

@@ -7,11 +7,20 @@ PNG files in class folders, indexed with a given model, or with the small net at
 >>> [Path(p).parent.name for p in paths]
 ['0', '1', '2']
 """
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .. import backends, netgen
+from ..datasets import digits
+from ..features import resize_bilinear
+from ..proto import write_text
 from ..search import workflow
 
 SIZE = 32  # the digits' record size in prepare, and the small net's input
@@ -20,9 +29,6 @@ SIZE = 32  # the digits' record size in prepare, and the small net's input
 def write_digit_images(folder, limit=None, size=SIZE):
     """The embedded digits (scikit-learn's 1,797) as ``folder/<label>/<row>.png``, RGB, upscaled
     to ``size`` as prepare does; returns the paths."""
-    from ..datasets import digits  # noqa: PLC0415
-    from ..features import resize_bilinear  # noqa: PLC0415
-
     images, labels = digits.load_images()
     count = len(images) if limit is None else min(int(limit), len(images))
     paths = []
@@ -43,9 +49,6 @@ def untrained_model(folder, bits=12, seed=1):
     projection whose codes still keep similar pictures close. (The net's own fillers start conv1
     so small that every fc7 unit is zero after ReLU, and every code the same.)
     """
-    from .. import backends, netgen  # noqa: PLC0415
-    from ..proto import write_text  # noqa: PLC0415
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     deploy, weights = folder / "deploy.prototxt", folder / "random.caffemodel"
@@ -81,8 +84,6 @@ class LocalServer:
     """
 
     def __init__(self, index, args=(), timeout=120.0, log=None):
-        import sys  # noqa: PLC0415
-
         self.port = None
         self.timeout = timeout
         self.log = log
@@ -96,9 +97,6 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self):
-        import socket  # noqa: PLC0415
-        import subprocess  # noqa: PLC0415
-
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -113,9 +111,6 @@ class LocalServer:
         return self
 
     def _wait(self):
-        import time  # noqa: PLC0415
-        import urllib.request  # noqa: PLC0415
-
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -61,7 +61,8 @@ function showQuery(answer, imageUrl) {
     const note = document.createElement("span");
     note.className = "notice";
     note.dataset.testid = "fallback";
-    note.textContent = ` · fewer than ${answer.k} within the radius: the pool is the Hamming top ${answer.k}`;
+    note.textContent = ` · fewer than ${answer.k} within the radius: ` +
+      `the pool is the Hamming top ${answer.k}`;
     $("summary").appendChild(note);
   }
 }
@@ -146,7 +147,10 @@ function wire() {
     if (event.target.files.length) searchFile(event.target.files[0]);
     event.target.value = "";
   });
-  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
