@@ -91,6 +91,10 @@ class Searcher:
             self.encoder = self.model.encoder(backend=backend, batch_size=1)
             self._check_model()
         self._lock = threading.Lock()
+        # the search itself: (index, codes, fc7, k, fine, radius) -> one list of hits per query;
+        # another engine with that signature (Milvus) replaces it here and nowhere else
+        self.query = workflow.query_features
+        self.engine = "index"
         self._thumbnail = lru_cache(maxsize=THUMBNAIL_CACHE)(self._make_thumbnail)
 
     def _check_model(self):
@@ -113,7 +117,7 @@ class Searcher:
         meta = self.index.meta or {}
         model = self.model.to_meta() if self.model is not None else meta.get("model")
         return {"images": self.index.ntotal, "bits": self.index.bits, "model": model,
-                "index": self.index_path.name, "engine": "index",
+                "index": self.index_path.name, "engine": self.engine,
                 "fc7": self.index.fc7_dim, "labels": self.index.labels is not None,
                 "classes": self.classes, "fine": self.index.fc7 is not None,
                 "upload": self.encoder is not None, "max_k": min(self.max_k, self.index.ntotal),
@@ -141,9 +145,8 @@ class Searcher:
             raise ServeError("fine: a search by code has no fc7 features to re-rank with: "
                              "search by image or id, or leave fine off")
         codes = np.asarray(codes, np.uint8).reshape(1, -1)
-        hits = workflow.query_features(self.index, codes, None if fc7 is None else
-                                       np.asarray(fc7, np.float32).reshape(1, -1),
-                                       k=k, fine=fine, radius=radius)[0]
+        fc7 = None if fc7 is None else np.asarray(fc7, np.float32).reshape(1, -1)
+        hits = self.query(self.index, codes, fc7, k=k, fine=fine, radius=radius)[0]
         answer = {"query": query, "k": k, "fine": fine, "radius": radius if fine else None,
                   "results": [self._hit(hit) for hit in hits]}
         query["code"], query["code_hex"] = format_code(codes[0])
