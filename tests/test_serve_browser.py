@@ -25,14 +25,14 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def browser():
+    from conftest import _unavailable  # noqa: PLC0415 (skips here, fails under CI=true)
+
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     try:
         from playwright.sync_api import sync_playwright  # noqa: PLC0415
     except ImportError as err:
-        pytest.skip(f"playwright is not installed ({err}); pip install -r requirements.txt")
+        _unavailable(f"playwright is not installed ({err}); pip install -r requirements.txt")
     if not CHROMIUM.is_file():
-        from conftest import _unavailable  # noqa: PLC0415
-
         _unavailable(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
