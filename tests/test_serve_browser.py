@@ -117,15 +117,27 @@ def test_upload_click_and_toggle_in_the_browser(browser, trained_server, tmp_pat
     assert page.url.endswith(f"#id={clicked}")
     shoot(page, tmp_path, "clicked.png")
 
-    page.check("#fine")
+    page.check("#fine")  # reruns the query (the clicked item) coarse-to-fine
     page.wait_for_function("document.getElementById('summary').textContent"
                            ".startsWith('coarse-to-fine')")
     page.wait_for_function("document.querySelector('[data-testid=result]').textContent"
                            ".includes('fc7')")
     fine = httpx.get(server.url + "/api/search",
                      params={"id": clicked, "k": 10, "fine": 1}).json()
-    assert [t["id"] for t in tiles(page)] == [r["id"] for r in fine["results"]]
+    ranked = [t["id"] for t in tiles(page)]
+    assert ranked == [r["id"] for r in fine["results"]] and ranked[0] == clicked
     shoot(page, tmp_path, "fine.png")
+
+    # click the last result: the page searches from it (it comes first, at fc7 distance 0)
+    again = ranked[-1]
+    page.click(f"[data-testid=result][data-id='{again}']")
+    wait_for_query(page, f"item {again}")
+    moved = [t["id"] for t in tiles(page)]
+    expected = httpx.get(server.url + "/api/search",
+                         params={"id": again, "k": 10, "fine": 1}).json()
+    assert moved == [r["id"] for r in expected["results"]]
+    assert moved[0] == again and moved != ranked
+    shoot(page, tmp_path, "clicked_fine.png")
     page.close()
 
 
