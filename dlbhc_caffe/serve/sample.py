@@ -72,9 +72,9 @@ def build_sample_index(folder, model, out, backend="torch", limit=None):
     if not images.is_dir():
         write_digit_images(images, limit=limit)
     paths, labels = workflow.scan_images(images)
-    index = workflow.build_index(model, paths, labels, backend=backend, batch_size=100,
-                                 source={"folder": str(images.resolve())})
-    return index.save(out)
+    features = model.encoder(backend=backend, batch_size=100).encode_images(paths, labels)
+    meta = {"model": model.to_meta(), "source": {"folder": str(images.resolve())}}
+    return workflow.index_features(features, meta).save(out)
 
 
 class LocalServer:
