@@ -37,6 +37,7 @@ from PIL import Image
 from .fileio import atomic_write_bytes
 from .proto import ProtoError, pb, read_mean, read_net
 from .errors import DlbhcError
+from .rules.validate import check_file_writers
 
 LATENT_BLOB = "fc8_kevin_encode"
 FC7_BLOB = "fc7"
@@ -389,18 +390,20 @@ class Encoder:
 
     @classmethod
     def from_files(cls, deploy, weights, mean=None, mean_values=None, resize=None, scale=1.0,
-                   backend="auto", batch_size=BATCH_SIZE, progress=False):
+                   backend="auto", batch_size=BATCH_SIZE, progress=False, allow_layers=()):
         """An encoder for a deploy prototxt (any Caffe generation) and a caffemodel.
 
         ``mean`` is a .binaryproto path (or a C x H x W array); image files are resized to its
         size, as prepare_batch.m did with the 256 x 256 ImageNet mean. Everything is checked here,
-        before the engine sees it (Caffe aborts the process on a failed CHECK).
+        before the engine sees it (Caffe aborts the process on a failed CHECK). Layers that write
+        files or run code (HDF5Output, Python) are refused unless ``allow_layers`` names them.
         """
         deploy, weights = Path(deploy), Path(weights)
         for path, what in ((deploy, "deploy prototxt"), (weights, "caffemodel")):
             if not path.is_file():
                 raise EncodeError(f"{path}: no such {what}")
         try:
+            check_file_writers(read_net(deploy), str(deploy), allow_layers)
             input_blob, shape, latent, tops = deploy_blobs(deploy)
         except ProtoError as err:
             raise EncodeError(str(err)) from None

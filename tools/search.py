@@ -136,7 +136,12 @@ def cmd_query(args):
     if index.ntotal == 0:
         raise EncodeError(f"{args.index}: the index is empty")
     index.check_k(args.k)
-    model = model_from_args(args, fallback=workflow.Model.from_meta(index.meta))
+    named = args.run or args.deploy or args.model
+    model = model_from_args(
+        args, fallback=None if named else workflow.Model.recorded_beside(args.index, index.meta))
+    if not named:
+        print(f"model recorded in {args.index}: {model.deploy} + {model.weights}",
+              file=sys.stderr)
     encoder = model.encoder(backend=args.backend, batch_size=args.batch_size)
     features = encoder.encode_images(args.images)
     if features.bits != index.bits:

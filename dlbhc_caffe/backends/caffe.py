@@ -8,8 +8,10 @@ the running glog -- and `set_verbose(True)` turns its INFO lines back on.
 
 Caffe's CHECK failures abort the whole Python process with a C++ message. `validate_net` checks
 in Python what a net would abort on when Caffe builds it -- files that are missing, layer types
-this build lacks, records smaller than the crop, a mean of another size, pretrained weights of
-other shapes -- and raises NetValidationError naming the layer and the file instead.
+this build lacks, records smaller than the crop, a mean of another size, every layer's bottoms,
+tops, parameters and shapes (dlbhc_caffe.rules), pretrained weights of other shapes or value
+counts -- and raises NetValidationError naming the layer and the file instead. A layer type
+without an engine-free rule is tried in a child process (`probe_net`), never in this one.
 """
 import ctypes
 import ctypes.util
@@ -33,7 +35,8 @@ from ..datasets.records import decode_datum  # noqa: E402
 from ..errors import DlbhcError  # noqa: E402
 from ..proto import filter_net, pb, phase_value  # noqa: E402
 from ..rules.transform import TransformError, check_param, transformed_shape  # noqa: E402
-from ..rules.weights import WeightsError, param_shapes, plan_weight_copy  # noqa: E402
+from ..rules.weights import WeightsError, plan_weight_copy  # noqa: E402
+from ..rules.validate import RuleError, check_net  # noqa: E402
 
 name = "caffe"
 __version__ = getattr(_caffe, "__version__", "unknown")
@@ -205,12 +208,9 @@ def _check_hdf5_layer(layer, culprit):
     return shapes
 
 
-def _param_shapes(net, phase, input_shapes):
-    """{layer: [shape, ...]} of `net`'s learnable blobs, as Caffe sets them up.
-
-    Caffe itself infers them, on a copy of the net whose data layers are Input layers of the
-    shapes found in the records (batch 1): nothing is read and nothing can abort on data.
-    """
+def _shadow_net(net, input_shapes):
+    """A copy of `net` whose data layers are Input layers of their records' shapes (batch 1):
+    building it reads nothing, so only the net itself can make Caffe abort."""
     shadow = pb.NetParameter()
     shadow.CopyFrom(net)
     del shadow.layer[:]
@@ -222,19 +222,61 @@ def _param_shapes(net, phase, input_shapes):
                 stand_in.input_param.shape.add().dim.extend((1,) + tuple(shape[1:]))
         else:
             shadow.layer.add().CopyFrom(layer)
-    fd, tmp = tempfile.mkstemp(suffix=".prototxt", prefix="dlbhc-shapes-")
+    return shadow
+
+
+_PROBE = """
+import json, sys
+import caffe
+net = caffe.Net(sys.argv[1], caffe.TRAIN if sys.argv[2] == "0" else caffe.TEST)
+print(json.dumps({name: [list(b.data.shape) for b in blobs] for name, blobs in net.params.items()}))
+"""
+
+
+def probe_net(net, phase, source, timeout=600):
+    """{layer: [param shape, ...]} of `net`, learned by building it with real Caffe in a child
+    process: an abort there (a failed CHECK) becomes a NetValidationError with Caffe's reason."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    fd, tmp = tempfile.mkstemp(suffix=".prototxt", prefix="dlbhc-probe-")
     os.close(fd)
     try:
-        proto.write_text(shadow, tmp)
-        return param_shapes(Net(tmp, TRAIN if phase == pb.TRAIN else TEST))
+        proto.write_text(net, tmp)
+        env = dict(os.environ, GLOG_minloglevel="2")
+        done = subprocess.run([sys.executable, "-c", _PROBE, tmp, str(int(phase))],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise NetValidationError(f"{source}: real Caffe did not build the net within "
+                                 f"{timeout} s") from None
     finally:
         os.unlink(tmp)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        reason = next((line for line in lines if "Check failed" in line or "] " in line),
+                      lines[-1] if lines else f"exit status {done.returncode}")
+        reason = reason.split("] ", 1)[-1].strip()
+        raise NetValidationError(f"{source}: real Caffe refuses the net: {reason}")
+    return {name: [tuple(s) for s in shapes]
+            for name, shapes in json.loads(done.stdout.splitlines()[-1]).items()}
+
+
+def _param_shapes(net, phase, input_shapes, source):
+    """{layer: [shape, ...]} of `net`'s learnable blobs, as Caffe sets them up, checking every
+    layer with the engine-free rules first; layers without a rule are settled by building the
+    net (data layers as Input layers) in a child process."""
+    try:
+        shapes = check_net(net, source, data_shapes=input_shapes)
+    except RuleError as err:
+        raise NetValidationError(str(err)) from None
+    if not shapes.undecided:
+        return shapes.params
+    return probe_net(_shadow_net(net, input_shapes), phase, source)
 
 
 _NEEDS = {"ImageData": "Caffe built with OpenCV (USE_OPENCV := 1)",
           "WindowData": "Caffe built with OpenCV (USE_OPENCV := 1)",
           "Python": "Caffe built with WITH_PYTHON_LAYER := 1"}
-_DATA_TYPES = {"Data", "HDF5Data", "ImageData", "WindowData", "MemoryData", "Python"}
 
 
 def validate_net(prototxt, phase="TRAIN", weights=None, source=None):
@@ -245,7 +287,9 @@ def validate_net(prototxt, phase="TRAIN", weights=None, source=None):
     the prototxt exists and parses; every layer type is in this Caffe build; each Data layer's
     database exists, matches its declared backend and holds records that Caffe can read
     (the first record is read); crop_size fits the records; the mean_file exists and has the
-    records' size (mean_value: one, or one a channel); HDF5Data file lists exist; and, with
+    records' size (mean_value: one, or one a channel); HDF5Data file lists exist; every layer's
+    bottoms, tops, parameters and shapes pass Caffe's rules (`rules.validate.check_net`; layers
+    without a rule are built in a child process); and, with
     `weights`, the caffemodel exists and every layer it shares with the net by name has blobs of
     the net's shapes (Caffe's CopyTrainedLayersFrom rule). Relative paths are read against the
     working directory, as Caffe reads them.
@@ -287,16 +331,11 @@ def validate_net(prototxt, phase="TRAIN", weights=None, source=None):
             mp = layer.memory_data_param
             input_shapes[layer.name] = [(mp.batch_size, mp.channels, mp.height, mp.width),
                                         (mp.batch_size,)][:len(layer.top)]
+    shapes = _param_shapes(net, phase, input_shapes, source)
     if weights is None:
         return net, None
     if not Path(weights).is_file():
         raise NetValidationError(f"{_where(weights)}: no such weights file")
-    unknown = [l.name for l in net.layer if l.type in _DATA_TYPES and l.name not in input_shapes]
-    if unknown:
-        raise NetValidationError(f"{source}: cannot check weights without running data layer(s) "
-                                 f"{', '.join(unknown)}; check them on the built net instead "
-                                 f"(dlbhc_caffe.rules.weights.plan_weight_copy)")
-    shapes = _param_shapes(net, phase, input_shapes)
     try:
         plan = plan_weight_copy(shapes, weights)
     except (WeightsError, proto.ProtoError) as err:

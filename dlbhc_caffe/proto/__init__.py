@@ -11,6 +11,7 @@ upgrade V0/V1 nets as Caffe does on load.
 """
 from . import dlbhc_caffe_pb2 as pb
 from .io import (ProtoError, array_to_blob, atomic_write_bytes, blob_shape, blob_to_array,
+                 check_blob_values,
                  datum_from_array, datum_to_array, format_text, is_binary_path, parse_text,
                  read_binary, read_blob, read_mean, read_message, read_text, write_binary,
                  write_blob, write_message, write_text)
@@ -39,7 +40,7 @@ def read_solverstate(path):
 __all__ = [
     "pb", "ProtoError", "read_net", "read_solver", "read_solverstate", "read_text", "read_binary",
     "read_message", "write_text", "write_binary", "write_message", "parse_text", "format_text",
-    "read_blob", "write_blob", "read_mean", "blob_to_array", "array_to_blob", "blob_shape",
+    "read_blob", "write_blob", "check_blob_values", "read_mean", "blob_to_array", "array_to_blob", "blob_shape",
     "datum_from_array", "datum_to_array", "atomic_write_bytes", "is_binary_path", "upgrade_net",
     "upgrade_solver", "UpgradeWarning", "filter_net", "phase_value", "state_meets_rule", "net_needs_upgrade", "check_layer_types", "KNOWN_LAYER_TYPES",
 ]

@@ -41,22 +41,70 @@ def _text_error(path, err):
 
 
 def parse_text(text, message, path="<string>"):
-    """Parse prototxt `text` into `message` (an instance), naming `path` and the line on error."""
+    """Parse prototxt `text` (str or bytes) into `message` (an instance) as strictly as Caffe's
+    TextFormat::Parse: a singular field given twice, message fields included, and NUL bytes are
+    errors; bytes that are not UTF-8 are read in comments (Caffe skips them) and refused
+    elsewhere. Errors name `path` and the line."""
+    text = _decode_text(text, path)
     try:
-        text_format.Merge(text, message)
+        # Parse, not Merge: like Caffe's parser it refuses a singular field given twice.
+        text_format.Parse(text, message)
     except text_format.ParseError as err:
         raise _text_error(path, err) from None
     return message
+
+
+def _decode_text(text, path):
+    """Prototxt bytes as text: UTF-8, with any bytes allowed in comments."""
+    if isinstance(text, str):
+        data = text.encode("utf-8", "surrogatepass")
+    else:
+        data = bytes(text)
+    if b"\0" in data:
+        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        raise ProtoError(f"{path}:{line}: a NUL byte (a binary file? Caffe refuses it too)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    lines = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        code, comment = _split_comment(line)
+        try:
+            lines.append(code.decode("utf-8") + comment.decode("latin-1"))
+        except UnicodeDecodeError:
+            raise ProtoError(f"{path}:{number}: bytes that are not UTF-8 outside a comment; save "
+                             f"the file as UTF-8") from None
+    return "\n".join(lines)
+
+
+def _split_comment(line):
+    """(code, comment) of one prototxt line: the comment starts at a # outside a string."""
+    quote = None
+    i = 0
+    while i < len(line):
+        c = line[i:i + 1]
+        if quote:
+            if c == b"\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in (b'"', b"'"):
+            quote = c
+        elif c == b"#":
+            return line[:i], line[i:]
+        i += 1
+    return line, b""
 
 
 def read_text(path, message_type):
     """Read a prototxt file as `message_type` (e.g. pb.NetParameter)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as err:
         raise ProtoError(f"{path}: cannot read ({err.strerror})") from None
-    return parse_text(text, message_type(), path)
+    return parse_text(data, message_type(), path)
 
 
 def read_binary(path, message_type):
@@ -72,6 +120,10 @@ def read_binary(path, message_type):
     except _message.DecodeError as err:
         raise ProtoError(f"{path}: not a binary {message_type.DESCRIPTOR.name} "
                          f"(truncated or corrupt: {err})") from None
+    except UnicodeDecodeError as err:  # Caffe keeps such bytes; protobuf's Python cannot
+        raise ProtoError(f"{path}: a text field of this {message_type.DESCRIPTOR.name} is not "
+                         f"UTF-8 ({err.object[max(0, err.start - 20):err.end]!r}); this "
+                         f"reader needs UTF-8 names") from None
     return msg
 
 
@@ -113,6 +165,25 @@ def blob_shape(blob):
     return (len(blob.data) or len(blob.double_data),)
 
 
+def check_blob_values(blob, where="blob"):
+    """Raise ProtoError unless BlobProto `blob` holds as many values as its shape says, as
+    Caffe's Blob::FromProto CHECKs (data exactly; diff, when present, exactly), with no negative
+    dimension and at most INT_MAX values. `where` names the blob in the message."""
+    shape = blob_shape(blob)
+    if any(d < 0 for d in shape):
+        raise ProtoError(f"{where}: shape {shape} has a negative dimension")
+    count = int(np.prod(shape, dtype=object))
+    if count > 2 ** 31 - 1:
+        raise ProtoError(f"{where}: shape {shape} holds more than Caffe's {2 ** 31 - 1} values")
+    data = len(blob.double_data) or len(blob.data)
+    if data != count:
+        raise ProtoError(f"{where}: shape {shape} needs {count} values, the file holds {data}")
+    diff = len(blob.double_diff) or len(blob.diff)
+    if diff and diff != count:
+        raise ProtoError(f"{where}: shape {shape} needs {count} diff values, the file holds "
+                         f"{diff}")
+
+
 def blob_to_array(blob, diff=False):
     """A BlobProto's data (or diff) as a float32 (float64 for double blobs) numpy array."""
     shape = blob_shape(blob)
@@ -150,6 +221,7 @@ def read_blob(path):
     """Read a .binaryproto BlobProto (a mean file, say) as a numpy array."""
     blob = read_binary(path, pb.BlobProto)
     try:
+        check_blob_values(blob, str(path))
         return blob_to_array(blob)
     except ProtoError as err:
         raise ProtoError(f"{path}: {err}") from None

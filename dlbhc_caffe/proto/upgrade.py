@@ -102,6 +102,16 @@ def _fold_padding_layers(net):
     return out
 
 
+def _set_or_append(param, field, value):
+    """Convolution's geometry fields are repeated, Pooling's single (a dropped field lands in a
+    throw-away Convolution parameter, so the kind of layer cannot decide)."""
+    descriptor = param.DESCRIPTOR.fields_by_name[field]
+    if descriptor.label == descriptor.LABEL_REPEATED:
+        getattr(param, field).append(value)
+    else:
+        setattr(param, field, value)
+
+
 def _v0_to_v1_layer(connection):
     """Caffe's UpgradeV0LayerParameter for one `layers { layer { ... } }` entry."""
     v0 = connection.layer
@@ -140,25 +150,13 @@ def _v0_to_v1_layer(connection):
         if v0.HasField(filler):
             getattr(target(filler, conv_ip), filler).CopyFrom(getattr(v0, filler))
     if v0.HasField("pad"):
-        param = target("pad", conv_pool)
-        if kind == "conv":
-            param.pad.append(v0.pad)
-        else:
-            param.pad = v0.pad
+        _set_or_append(target("pad", conv_pool), "pad", v0.pad)
     if v0.HasField("kernelsize"):
-        param = target("kernelsize", conv_pool)
-        if kind == "conv":
-            param.kernel_size.append(v0.kernelsize)
-        else:
-            param.kernel_size = v0.kernelsize
+        _set_or_append(target("kernelsize", conv_pool), "kernel_size", v0.kernelsize)
     if v0.HasField("group"):
         target("group", {"conv": "convolution_param"}).group = v0.group
     if v0.HasField("stride"):
-        param = target("stride", conv_pool)
-        if kind == "conv":
-            param.stride.append(v0.stride)
-        else:
-            param.stride = v0.stride
+        _set_or_append(target("stride", conv_pool), "stride", v0.stride)
     if v0.HasField("pool"):
         target("pool", {"pool": "pooling_param"}).pool = v0.pool
     if v0.HasField("dropout_ratio"):

@@ -197,6 +197,10 @@ def check_history(history, shapes, solver_type, where):
         if _count(have) != _count(shape):
             raise SolverError(f"{where}: history blob {i} has shape {tuple(have)}, the param "
                               f"{tuple(shape)}")
+        try:  # Caffe's Blob::FromProto aborts on a value count that differs from the shape
+            proto.check_blob_values(blob, f"{where}: history blob {i}")
+        except proto.ProtoError as err:
+            raise SolverError(str(err)) from None
 
 
 def _count(shape):

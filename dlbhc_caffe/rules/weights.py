@@ -102,6 +102,8 @@ def plan_weight_copy(target, weights):
                 have = _legacy_shape(blob) or proto.blob_shape(blob)
                 raise WeightsError(f"{weights}: layer '{name}', param {i}: shape {tuple(have)} "
                                    f"in the weights, {tuple(shape)} in the net")
+            # Caffe's Blob::FromProto aborts on a value count that differs from the shape.
+            proto.check_blob_values(blob, f"{weights}: layer '{name}', param {i}")
         plan.copied.append(name)
     plan.kept = [name for name in target if name not in source]
     return plan

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..features import THRESHOLD, EncodeError, Encoder, run_settings
+from ..rules.validate import check_beside
 from .coarse_to_fine import DEFAULT_RADIUS, CoarseToFine
 from .index import HashIndex
 
@@ -71,6 +72,16 @@ class Model:
         if not isinstance(model, dict) or not model.get("deploy") or not model.get("weights"):
             return None
         return cls(**{k: model.get(k) for k in cls.__dataclass_fields__ if k in model})
+
+    @classmethod
+    def recorded_beside(cls, index_path, meta):
+        """The model an index recorded, only if its files sit beside the index (None when it
+        recorded none): a crafted index must not make a query load files from elsewhere."""
+        model = cls.from_meta(meta)
+        if model is not None:
+            files = [f for f in (model.deploy, model.weights, model.mean) if f]
+            check_beside(index_path, files, "model file")
+        return model
 
     def to_meta(self):
         return asdict(self)
