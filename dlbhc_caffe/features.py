@@ -37,7 +37,7 @@ from PIL import Image
 from .fileio import atomic_write_bytes
 from .proto import ProtoError, pb, read_mean, read_net
 from .errors import DlbhcError
-from .rules.validate import check_file_writers
+from .rules.validate import check_deploy
 
 LATENT_BLOB = "fc8_kevin_encode"
 FC7_BLOB = "fc7"
@@ -403,7 +403,7 @@ class Encoder:
             if not path.is_file():
                 raise EncodeError(f"{path}: no such {what}")
         try:
-            check_file_writers(read_net(deploy), str(deploy), allow_layers)
+            check_deploy(read_net(deploy), str(deploy), allow_layers)
             input_blob, shape, latent, tops = deploy_blobs(deploy)
         except ProtoError as err:
             raise EncodeError(str(err)) from None

@@ -253,8 +253,8 @@ def probe_net(net, phase, source, timeout=600):
         os.unlink(tmp)
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
-        reason = next((line for line in lines if "Check failed" in line or "] " in line),
-                      lines[-1] if lines else f"exit status {done.returncode}")
+        fatal = [line for line in lines if line[:2] in {f"F{d}" for d in "0123456789"}]
+        reason = (fatal or lines or [f"exit status {done.returncode}"])[-1]
         reason = reason.split("] ", 1)[-1].strip()
         raise NetValidationError(f"{source}: real Caffe refuses the net: {reason}")
     return {name: [tuple(s) for s in shapes]

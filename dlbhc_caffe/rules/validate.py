@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DlbhcError
+from ..proto import ProtoError, filter_net
 from .shapes import ShapeError, UnknownShapeRule, layer_shapes
 
 # Layers that read only their own blob (Caffe refuses them in place).
@@ -129,6 +130,17 @@ def check_file_writers(net, source="<net>", allow=()):
             raise RuleError(f"{_culprit(source, layer)}: {FILE_WRITERS[layer.type]}{target}; "
                             f"refused for a net loaded to encode or search: remove the layer, "
                             f"or allow it by name (allow_layers=['{layer.name}'])")
+
+
+def check_deploy(net, source="<net>", allow_layers=()):
+    """`check_net` and `check_file_writers` for a net loaded to encode or search (its TEST
+    phase), whichever engine runs it. Returns NetShapes."""
+    try:
+        net = filter_net(net, "TEST")
+    except ProtoError as err:
+        raise RuleError(f"{source}: {err}") from None
+    check_file_writers(net, source, allow_layers)
+    return check_net(net, source)
 
 
 def check_beside(anchor, paths, what="file"):
