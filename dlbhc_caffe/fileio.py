@@ -1,14 +1,78 @@
-"""Files written whole or not at all.
+"""Files written whole or not at all, by one writer at a time.
 
 Every file the pipeline writes (prototxt, caffemodel, means, indexes, plots, reports) goes through
 `atomic_path`: the writer fills a temporary file in the target's folder, which is renamed over the
 target only when the writer returns, so an interrupted run never leaves half a file behind and an
 existing file stays as it was.
+
+`output_lock` makes a writer the only one: an index, a run folder or a dataset being written by
+one process (or one part of a process) is refused to a second writer with a one-line error,
+instead of both "succeeding" and one result being silently lost. The lock is the kernel's
+(fcntl.flock), so a killed writer never leaves a stale lock behind.
 """
 import contextlib
+import errno
+import fcntl
 import os
 import tempfile
 from pathlib import Path
+
+from .errors import DlbhcError
+
+
+class OutputLocked(DlbhcError):
+    """Another writer holds the output; names the output and the lock."""
+
+
+def lock_path(path):
+    """The lock file of output `path`: a hidden file beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(path, what="output"):
+    """Hold the exclusive write lock of `path` (a file or a folder) for the `with` block; raise
+    OutputLocked at once when another writer holds it.
+
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "my.index"
+    >>> with output_lock(target, "index"):
+    ...     with output_lock(target, "index"):
+    ...         pass
+    Traceback (most recent call last):
+    ...
+    dlbhc_caffe.fileio.OutputLocked: ...my.index: another process is writing this index ...
+    """
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise OutputLocked(f"{path}: another process is writing this {what} (it holds "
+                               f"{lock}); wait for it to finish, or stop it") from None
+        # The holder before us may have removed the file after we opened it: lock the live one.
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield lock
+    finally:
+        try:
+            os.unlink(lock)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -23,6 +87,9 @@ def atomic_path(path):
     '101'
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name to write",
+                                str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
                                dir=path.parent)

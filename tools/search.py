@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlbhc_caffe import cli  # noqa: E402
 from dlbhc_caffe import montage  # noqa: E402
+from dlbhc_caffe.fileio import output_lock  # noqa: E402
 from dlbhc_caffe.features import EncodeError  # noqa: E402
 from dlbhc_caffe.proto import ProtoError  # noqa: E402
 from dlbhc_caffe.search import (DEFAULT_RADIUS, IndexFormatError, load_index,  # noqa: E402
@@ -114,6 +115,11 @@ def refuse_existing(path, force):
 
 
 def cmd_index(args):
+    with output_lock(args.out, "index"):  # a second writer of the same index is refused
+        return _index(args)
+
+
+def _index(args):
     refuse_existing(args.out, args.force)
     model = model_from_args(args)
     if args.list:

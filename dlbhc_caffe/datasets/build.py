@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from .db import DatabaseWriter, KEY_DIGITS, check_backend, partial_path, remove_stale_partials, \
     replace_path
+from ..fileio import output_lock
 from .download import fetch, warn_loudly
 from .manifest import FORMAT_VERSION, DatasetError, load_manifest, write_manifest
 from .mean import MeanAccumulator
@@ -404,9 +405,10 @@ def write_dataset(opts, source, target):
 def run(opts, load_source):
     """Refuse an existing folder without force, load the source, write the dataset."""
     target = opts.root / opts.name
-    if (target.exists() or target.is_symlink()) and not opts.force:
-        raise DatasetError(f"{target} exists; pass --force to replace it")
-    opts.root.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(target, log=opts.log)
-    source = load_source(opts)
-    return write_dataset(opts, source, target)
+    with output_lock(target, "dataset"):  # a second prepare of the same dataset is refused
+        if (target.exists() or target.is_symlink()) and not opts.force:
+            raise DatasetError(f"{target} exists; pass --force to replace it")
+        opts.root.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(target, log=opts.log)
+        source = load_source(opts)
+        return write_dataset(opts, source, target)

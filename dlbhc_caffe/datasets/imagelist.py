@@ -30,7 +30,7 @@ def read_list(list_file, images_root=None, require_labels=True):
     label after the last space), relative paths from `images_root` or else the list's folder.
 
     With require_labels=False a list of bare paths is accepted too, and labels is then None
-    (labels are taken only when every line ends in one). Blank lines and '#' lines are skipped;
+    (when no line ends in one). Blank lines and '#' lines are skipped;
     errors name the file and line.
     """
     list_file = Path(list_file)
@@ -44,7 +44,9 @@ def read_list(list_file, images_root=None, require_labels=True):
     if not entries:
         raise DatasetError(f"{list_file}: no images listed")
     parsed = [_split_line(text) for _, text in entries]
-    with_labels = require_labels or all(label is not None for _, label in parsed)
+    # A list where some lines end in a label is a labelled list: a line without one is an
+    # error naming that line, not a path with " x" in its name (nor a reason to blame the rest).
+    with_labels = require_labels or any(label is not None for _, label in parsed)
     paths, labels = [], []
     for (number, text), (path, label) in zip(entries, parsed):
         if with_labels:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from .. import proto
+from ..fileio import output_lock
 from .log import console, parse_log
 from .loop import DATA_CURSOR_NOTE, TrainError, train
 from .plot import plot_history
@@ -201,8 +202,15 @@ def exit_code(result):
     return 128 + int(getattr(signal, result.interrupted, signal.SIGINT))
 
 
-def train_run(plan, *, weights=None, backend="auto", gpu=None, resume=None, force=False,
-              root="data", argv=None, progress=True, verbose=False, echo=console):
+def train_run(plan, **options):
+    """Train the run `plan` in its folder (see `_train_run` for the options), holding the run
+    folder's write lock: a second process training into the same folder is refused."""
+    with output_lock(plan.folder, "run folder"):
+        return _train_run(plan, **options)
+
+
+def _train_run(plan, *, weights=None, backend="auto", gpu=None, resume=None, force=False,
+               root="data", argv=None, progress=True, verbose=False, echo=console):
     """Train the run `plan` (dlbhc_caffe.runs.RunPlan) in its folder; returns the TrainResult.
 
     weights: "caffenet", "none", a caffemodel path, or None for the net's default (caffenet for
