@@ -263,8 +263,7 @@ def probe_net(net, phase, source, timeout=600):
 
 def _param_shapes(net, phase, input_shapes, source):
     """{layer: [shape, ...]} of `net`'s learnable blobs, as Caffe sets them up, checking every
-    layer with the engine-free rules first; layers without a rule are settled by building the
-    net (data layers as Input layers) in a child process."""
+    layer with the engine-free rules first; layers without a rule are settled by building the net (data layers as Input layers) in a child process."""
     try:
         shapes = check_net(net, source, data_shapes=input_shapes)
     except RuleError as err:

@@ -266,70 +266,8 @@ def write_records(path, records, backend="leveldb", overwrite=False):
 
 # ---------------------------------------------------------------- reading
 
-def _check_readable(path, backend):
-    path = Path(path)
-    if not path.is_dir():
-        raise DatabaseError(f"{path}: no such database folder")
-    return path, check_backend(backend) if backend else detect_backend(path)
-
-
-def open_db(path, backend=None):
-    """Iterate (key str, Datum) over a database in key order (Caffe's Data layer order).
-
-    `backend` is 'leveldb' or 'lmdb' (None: detected from the folder). The database is open only
-    while the iteration runs (LevelDB admits one process at a time): exhaust or close the iterator.
-    """
-    path, backend = _check_readable(path, backend)
-    return _iterate(path, backend)
-
-
-def _iterate(path, backend):
-    for key, value in _raw_items(path, backend):
-        datum = pb.Datum()
-        try:
-            datum.ParseFromString(value)
-        except Exception as err:  # protobuf's DecodeError
-            raise DatabaseError(f"{path}: record {key!r} is not a Datum ({err})") from None
-        yield key, datum
-
-
-def _raw_items(path, backend):
-    if backend == "leveldb":
-        import plyvel  # noqa: PLC0415
-
-        try:
-            db = plyvel.DB(str(path), create_if_missing=False)
-        except (plyvel.Error, OSError) as err:
-            raise DatabaseError(f"{path}: cannot open as LevelDB ({err})") from None
-        try:
-            for key, value in db.iterator():
-                yield key.decode("ascii", "replace"), value
-        finally:
-            db.close()
-    else:
-        import lmdb  # noqa: PLC0415
-
-        try:
-            env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True)
-        except lmdb.Error as err:
-            raise DatabaseError(f"{path}: cannot open as LMDB ({err})") from None
-        try:
-            with env.begin(buffers=False) as txn:
-                for key, value in txn.cursor():
-                    yield key.decode("ascii", "replace"), value
-        finally:
-            env.close()
-
-
-def count_records(path, backend=None):
-    """The number of records in a database."""
-    path, backend = _check_readable(path, backend)
-    if backend == "lmdb":
-        import lmdb  # noqa: PLC0415
-
-        with lmdb.open(str(path), readonly=True, lock=False, subdir=True) as env:
-            return env.stat()["entries"]
-    return sum(1 for _ in _raw_items(path, backend))
+# The one opener lives in dbread (it imports this module's errors, hence the late import).
+from .dbread import check_records, count_records, open_db  # noqa: E402,F401
 
 
 def read_records(path, backend=None, limit=None):

@@ -143,6 +143,51 @@ def check_deploy(net, source="<net>", allow_layers=()):
     return check_net(net, source)
 
 
+def _label_classes(net, blobs, label):
+    """The number of classes a loss or accuracy layer compares blob `label` with (None)."""
+    for layer in net.layer:
+        if layer.type in ("SoftmaxWithLoss", "Accuracy") and list(layer.bottom[1:2]) == [label]:
+            axis = (layer.softmax_param if layer.type == "SoftmaxWithLoss"
+                    else layer.accuracy_param).axis
+            scores = blobs.get(layer.bottom[0])
+            if scores and -len(scores) <= axis < len(scores):
+                return scores[axis]
+    return None
+
+
+def check_training_data(net, source="<net>"):
+    """Read every record of the net's Data layers (a net filtered to one phase) before it
+    trains: each a Datum whose bytes fit its shape, one shape per database, labels within the
+    classes of the loss or accuracy layer that reads them. Caffe checks only the first record's
+    shape and never a label (one past the classes reads outside the scores). Raises RuleError
+    naming the layer, the database and the key."""
+    from ..datasets.dbread import check_datum, check_records, open_db  # noqa: PLC0415
+
+    data_shapes, layers = {}, [layer for layer in net.layer if layer.type == "Data"]
+    for layer in layers:
+        culprit = _culprit(source, layer)
+        records = open_db(layer.data_param.source)
+        try:
+            key, datum = next(records, (None, None))
+            shape = datum is not None and check_datum(datum, f"{layer.data_param.source}: "
+                                                             f"record {key}")
+        except DlbhcError as err:
+            raise RuleError(f"{culprit}: {err}") from None
+        finally:
+            records.close()
+        if shape:
+            crop, batch = layer.transform_param.crop_size, layer.data_param.batch_size
+            data_shapes[layer.name] = [(batch, shape[0], crop or shape[1], crop or shape[2]),
+                                       (batch,)][:len(layer.top)]
+    blobs = check_net(net, source, data_shapes).blobs if len(data_shapes) == len(layers) else {}
+    for layer in layers:
+        classes = _label_classes(net, blobs, layer.top[1]) if len(layer.top) > 1 else None
+        try:
+            check_records(layer.data_param.source, None, classes)
+        except DlbhcError as err:
+            raise RuleError(f"{_culprit(source, layer)}: {err}") from None
+
+
 def check_beside(anchor, paths, what="file"):
     """Raise RuleError unless every path in `paths` lies in the folder of `anchor` (or below it),
     resolved with symbolic links followed. Returns the resolved paths."""

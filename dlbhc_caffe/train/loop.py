@@ -31,13 +31,14 @@ import numpy as np
 from .. import backends, proto
 from ..errors import DlbhcError
 from ..fileio import atomic_path
-from ..proto import pb
+from ..proto import filter_net, pb
 from ..rules.outputs import fmt, loss_outputs, net_outputs, output_lines
 from ..rules.schedule import learning_rate
 from ..rules.solver import SolverError, check_history, check_snapshot_prefix, check_solver, \
     learnable_shapes, snapshot_paths, solver_nets
 from ..rules.weights import copy_weights, param_shapes, plan_weight_copy
 from .log import CaffeLog, History, console
+from ..rules.validate import check_training_data
 
 NEVER = 2 ** 31 - 1  # an iteration count the engine never reaches
 DATA_CURSOR_NOTE = ("a .solverstate holds no data cursor: the resumed Data layer reads its "
@@ -330,13 +331,15 @@ def train(solver_path, *, backend="auto", weights=None, resume=None, final_model
         solver_nets_ = solver_nets(solver_param)
     except SolverError as err:
         raise TrainError(f"{solver_path}: {err}") from None
-    if hasattr(engine, "validate_net"):
-        for phase, net, source in solver_nets_:
-            try:
-                engine.validate_net(net, net.state,
-                                    source=f"{source} ({'TRAIN' if phase == pb.TRAIN else 'TEST'})")
-            except ValueError as err:
-                raise TrainError(str(err)) from None
+    for phase, net, source in solver_nets_:
+        where = f"{source} ({'TRAIN' if phase == pb.TRAIN else 'TEST'})"
+        try:
+            if hasattr(engine, "validate_net"):
+                engine.validate_net(net, net.state, source=where)
+            # every record, before either engine reads one (Caffe checks none but the first)
+            check_training_data(filter_net(net, net.state), where)
+        except ValueError as err:
+            raise TrainError(str(err)) from None
     nets = [n.filtered() for n in solver_nets_]
 
     if hasattr(engine, "check_device"):

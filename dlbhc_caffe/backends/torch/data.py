@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...datasets import dbread
+from ...datasets.db import DatabaseError, detect_backend
 from ...errors import DlbhcError
 from ...proto import ProtoError, pb, read_mean
 from ...rules.transform import TransformError, check_param, transformed_shape
@@ -33,58 +35,11 @@ class DataError(DlbhcError):
     """A data source that cannot be read as the layer asks; names the layer and the source."""
 
 
-_open_databases = {}
-_open_lock = threading.Lock()
-
-
-def _open_shared(path, backend):
-    """A process-wide shared handle of the database at `path`, counted (plyvel admits one
-    LevelDB handle per process, py-lmdb one environment per path)."""
-    key = (backend, str(Path(path).resolve()))
-    with _open_lock:
-        entry = _open_databases.get(key)
-        if entry is None:
-            if backend == pb.DataParameter.LMDB:
-                import lmdb  # noqa: PLC0415
-
-                handle = lmdb.open(str(path), readonly=True, lock=False, readahead=False,
-                                   subdir=True, max_readers=126)
-            else:
-                import plyvel  # noqa: PLC0415
-
-                handle = plyvel.DB(str(path), create_if_missing=False)
-            entry = _open_databases[key] = [handle, 0]
-        entry[1] += 1
-        return key, entry[0]
-
-
-def _release_shared(key):
-    with _open_lock:
-        entry = _open_databases.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            entry[0].close()
-            del _open_databases[key]
-
-
-def _lmdb_values(env):
-    with env.begin(buffers=False) as txn:
-        cursor = txn.cursor()
-        try:
-            for _, value in cursor:
-                yield value
-        finally:
-            cursor.close()
-
-
-def _leveldb_values(db):
-    iterator = db.iterator(include_key=False)
+def _detected(path):
     try:
-        yield from iterator
-    finally:
-        iterator.close()
+        return detect_backend(path)
+    except DatabaseError:
+        return None
 
 
 class RecordCursor:
@@ -96,22 +51,28 @@ class RecordCursor:
         if not path.is_dir():
             raise DataError(f"{where}: data source '{source}' is not a database folder "
                             "(Caffe resolves `source` against the working directory)")
+        kind = "lmdb" if backend == pb.DataParameter.LMDB else "leveldb"
         try:
-            key, handle = _open_shared(path, backend)
-        except Exception as err:  # lmdb.Error, plyvel.Error, OSError
-            kind = "LMDB" if backend == pb.DataParameter.LMDB else "LevelDB"
-            hint = "" if backend == pb.DataParameter.LMDB else \
-                "; is it an LMDB (set data_param backend: LMDB)?"
-            raise DataError(f"{where}: cannot open '{source}' as {kind} ({err}){hint}") from None
+            key, handle = dbread.acquire(path, kind)
+        except DatabaseError as err:
+            found = _detected(path)
+            hint = f"; it is a {found.upper()} (set data_param backend: {found.upper()})" \
+                if found not in (None, kind) else ""
+            raise DataError(f"{where}: {err}{hint}") from None
+        self.key = None  # the key of the record last returned, for messages
         # (functools.partial, not a bound method: the running iteration, which the finalizer
         # holds, must not keep the cursor alive)
-        self._iter_factory = functools.partial(
-            _lmdb_values if backend == pb.DataParameter.LMDB else _leveldb_values, handle)
+        self._iter_factory = functools.partial(dbread.raw_items, handle, kind, path)
         self._live = {"items": None}  # the running iteration, closed before the release
         self._finalizer = weakref.finalize(self, RecordCursor._release, self._live, key)
         # At interpreter exit a daemon loader thread may still be reading: leave the handle
         # to the operating system rather than close it under that thread.
         self._finalizer.atexit = False
+
+    @property
+    def record(self):
+        """'<source>: record <key>' of the record last returned, for messages."""
+        return f"{self.source}: record {self.key}"
 
     @staticmethod
     def _release(live, key):
@@ -121,7 +82,7 @@ class RecordCursor:
                 items.close()
             except ValueError:  # running in a loader thread that did not stop: leave it open
                 return
-        _release_shared(key)
+        dbread.release(key)
 
     def next(self):
         live = self._live
@@ -129,7 +90,8 @@ class RecordCursor:
             live["items"] = self._iter_factory()
         for _ in range(2):
             try:
-                return next(live["items"])
+                self.key, value = next(live["items"])
+                return value
             except StopIteration:
                 live["items"] = self._iter_factory()
         raise DataError(f"{self.where}: data source '{self.source}' holds no records")
@@ -137,7 +99,7 @@ class RecordCursor:
     def peek(self):
         items = self._iter_factory()
         try:
-            for value in items:
+            for self.key, value in items:
                 return value
         finally:
             items.close()

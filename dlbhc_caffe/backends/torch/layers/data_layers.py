@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 
+from ....datasets.dbread import check_datum
 from ....proto import pb
 from .. import runtime
 from ..data import (BatchLoader, RecordCursor, Transformer, datum_pixels, parse_datum,
@@ -131,11 +132,14 @@ class Data(_Loading):
             self.fail("data_param.source is required")
         cursor = RecordCursor(dp.source, dp.backend, self.where)
         where, transform = self.where, self.param.transform_param
-        first = parse_datum(cursor.peek(), where)
+        first = parse_datum(cursor.peek(), f"{where}: {cursor.record}")
+        # Every record is checked as it is read (byte count, one shape), naming its key.
+        first_shape = check_datum(first, f"{where}: {cursor.record}")
         # rand_skip is not applied: Caffe 1.0's Data layer (its DataReader) ignores it too.
 
         def next_record():
-            datum = parse_datum(cursor.next(), where)
+            datum = parse_datum(cursor.next(), f"{where}: {cursor.record}")
+            check_datum(datum, f"{where}: {cursor.record}", first_shape)
             return datum, datum.label
 
         def decode(datum):
