@@ -72,6 +72,27 @@ class TrainResult:
         return self.snapshots[-1] if self.snapshots else None
 
 
+def staging_prefix(snapshot_prefix):
+    """The hidden prefix the engine writes a snapshot under before it is renamed into place."""
+    prefix = Path(snapshot_prefix)
+    return prefix.with_name(f".{prefix.name}.partial-{os.getpid()}")
+
+
+def finish_snapshot(solver_param, iteration):
+    """Move the snapshot the engine wrote under `staging_prefix` to Caffe's names: the solver
+    state re-pointed at the final caffemodel, the caffemodel renamed first, so a solver state
+    always names a whole caffemodel and neither file is ever seen half written."""
+    model, state_path = snapshot_paths(solver_param, iteration)
+    staged = pb.SolverParameter(snapshot_prefix=str(staging_prefix(solver_param.snapshot_prefix)))
+    tmp_model, tmp_state = snapshot_paths(staged, iteration)
+    state = proto.read_solverstate(tmp_state)
+    state.learned_net = str(model)
+    proto.write_binary(state, tmp_state)
+    os.replace(tmp_model, model)
+    os.replace(tmp_state, state_path)
+    return model, state_path
+
+
 def engine_solver(solver_param, seed=None, gpu=None):
     """The SolverParameter given to the engine: the loop, not the engine, tests, displays and
     snapshots (display and snapshot 0, no test before NEVER, no snapshot after training)."""
@@ -84,12 +105,36 @@ def engine_solver(solver_param, seed=None, gpu=None):
     engine.display = 0
     engine.snapshot = 0
     engine.snapshot_after_train = False
+    if solver_param.snapshot_format != pb.SolverParameter.HDF5 and solver_param.snapshot_prefix:
+        engine.snapshot_prefix = str(staging_prefix(solver_param.snapshot_prefix))
     if seed is not None:
         engine.random_seed = int(seed)
     engine.solver_mode = pb.SolverParameter.GPU if gpu is not None else pb.SolverParameter.CPU
     if gpu is not None:
         engine.device_id = int(gpu)
     return engine
+
+
+def localize_state(path):
+    """`path`, or a hidden copy of it whose learned_net names the caffemodel beside it when the
+    one it recorded is elsewhere (a run folder copied or moved: Caffe would read, and a resumed
+    run would then overwrite, the original folder's files). The caller removes a copy."""
+    path = Path(path)
+    if path.suffix == ".h5":
+        return path
+    try:
+        state = proto.read_solverstate(path)
+    except proto.ProtoError as err:
+        raise TrainError(str(err)) from None
+    if not state.learned_net:
+        return path
+    beside = path.with_name(Path(state.learned_net).name)
+    if not beside.is_file() or Path(state.learned_net).resolve() == beside.resolve():
+        return path
+    state.learned_net = str(beside)
+    copy = path.with_name(f".{path.stem}.resume-{os.getpid()}.solverstate")
+    proto.write_binary(state, copy)
+    return copy
 
 
 def check_solverstate(path, train_param, net, solver_type="SGD"):
@@ -221,6 +266,8 @@ class _Loop:
         kind = "HDF5" if model.suffix == ".h5" else "binary proto"
         self.log.info(f"Snapshotting to {kind} file {model}")
         self.solver.snapshot()
+        if model.suffix != ".h5":  # written under a hidden name, renamed when whole
+            finish_snapshot(self.param, it)
         self.log.info(f"Snapshotting solver state to {kind} file {state}")
         self.snapshot_iter = it
         self.result.snapshots.append((model, state))
@@ -365,8 +412,13 @@ def train(solver_path, *, backend="auto", weights=None, resume=None, final_model
 
         bar_total = solver_param.max_iter
         if resume is not None:
-            state = check_solverstate(resume, nets[0], solver.net, solver_param.type)
-            solver.restore(str(resume))
+            local = localize_state(resume)
+            try:
+                state = check_solverstate(local, nets[0], solver.net, solver_param.type)
+                solver.restore(str(local))
+            finally:
+                if local != Path(resume):
+                    local.unlink()
             result.resumed_from = Path(resume)
         bar = _progress(bar_total, solver.iter, progress)
         # Console lines go through tqdm.write while the bar is shown, so they do not tear it.
