@@ -1,7 +1,7 @@
 # The two Quick start commands are `make demo` and `make test`; each sets up what it needs.
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast bench paper clean
+.PHONY: setup demo test test-fast bench paper clean fuzz
 setup:
 	bash scripts/setup_env.sh
 
@@ -22,6 +22,12 @@ bench: setup
 # The paper's CIFAR-10 result end to end on a GPU (scripts/paper_recipe.sh says how to configure).
 paper: setup
 	bash scripts/paper_recipe.sh
+
+# Fuzz every file reader for FUZZ_SECONDS per parser (each in a child process); prints inputs
+# tried, aborts, crashes, hangs and unexpected exception types per parser.
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	$(PY) tests/fuzz_targets.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf build .venv *.egg-info

@@ -119,8 +119,9 @@ def decode_datum(datum):
     try:
         pil = Image.open(io.BytesIO(datum.data))
         pil.load()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise ValueError(f"encoded Datum (label {datum.label}) does not decode: {err}") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as err:
+        raise ImageError(f"encoded Datum (label {datum.label}) does not decode: {err}") from None
     array = np.asarray(pil if pil.mode in ("L", "RGB") else pil.convert("RGB"))
     return to_caffe_layout(array, gray=array.ndim == 2)
 

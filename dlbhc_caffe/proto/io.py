@@ -124,7 +124,27 @@ def read_binary(path, message_type):
         raise ProtoError(f"{path}: a text field of this {message_type.DESCRIPTOR.name} is not "
                          f"UTF-8 ({err.object[max(0, err.start - 20):err.end]!r}); this "
                          f"reader needs UTF-8 names") from None
+    bad = _non_utf8_field(msg)
+    if bad:
+        raise ProtoError(f"{path}: field '{bad}' of this {message_type.DESCRIPTOR.name} is not "
+                         f"UTF-8; this reader needs UTF-8 names")
     return msg
+
+
+def _non_utf8_field(message, prefix=""):
+    """The name of a text field protobuf's parser left as bytes (not UTF-8), or None."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING:
+            values = value if field.label == field.LABEL_REPEATED else [value]
+            if any(isinstance(v, bytes) for v in values):
+                return prefix + field.name
+        elif field.message_type is not None:
+            values = value if field.label == field.LABEL_REPEATED else [value]
+            for item in values:
+                found = _non_utf8_field(item, f"{prefix}{field.name}.")
+                if found:
+                    return found
+    return None
 
 
 def read_message(path, message_type):
