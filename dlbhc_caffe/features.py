@@ -38,6 +38,7 @@ from .fileio import atomic_write_bytes
 from .proto import ProtoError, pb, read_mean, read_net
 from .errors import DlbhcError
 from .rules.validate import check_deploy
+from .train.weights import plan_weight_copy
 
 LATENT_BLOB = "fc8_kevin_encode"
 FC7_BLOB = "fc7"
@@ -403,7 +404,7 @@ class Encoder:
             if not path.is_file():
                 raise EncodeError(f"{path}: no such {what}")
         try:
-            check_deploy(read_net(deploy), str(deploy), allow_layers)
+            checked = check_deploy(read_net(deploy), str(deploy), allow_layers)
             input_blob, shape, latent, tops = deploy_blobs(deploy)
         except ProtoError as err:
             raise EncodeError(str(err)) from None
@@ -417,11 +418,13 @@ class Encoder:
 
         caffe = backends.get(backend)
         validate = getattr(caffe, "validate_net", None)  # real Caffe aborts on a failed CHECK
-        if validate is not None:
-            try:
+        try:
+            if validate is not None:
                 validate(str(deploy), "TEST", weights=str(weights))
-            except ValueError as err:
-                raise EncodeError(str(err)) from None
+            else:  # the same blob checks for every engine (value counts, shapes)
+                plan_weight_copy(checked.params, weights)
+        except ValueError as err:
+            raise EncodeError(str(err)) from None
         net = caffe.Net(str(deploy), caffe.TEST, weights=str(weights))
         return cls(net, transform, latent_blob=latent, fc7_blob=fc7_blob, input_blob=input_blob,
                    batch_size=batch_size, progress=progress)
