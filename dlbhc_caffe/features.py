@@ -38,7 +38,7 @@ from .fileio import atomic_write_bytes
 from .proto import ProtoError, pb, read_mean, read_net
 from .errors import DlbhcError
 from .rules.validate import check_deploy
-from .train.weights import plan_weight_copy
+from .rules.weights import plan_weight_copy
 
 LATENT_BLOB = "fc8_kevin_encode"
 FC7_BLOB = "fc7"
