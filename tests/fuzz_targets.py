@@ -250,13 +250,68 @@ def target_nets(net):
     check_net(net, "fuzz.prototxt")
 
 
+_CAFFE_WORKER = """
+import json, os, sys
+os.environ.setdefault("GLOG_minloglevel", "2")
+import caffe
+for line in sys.stdin:
+    net = caffe.Net(line.strip(), caffe.TEST)
+    print(json.dumps({k: [list(b.data.shape) for b in v] for k, v in net.params.items()}),
+          flush=True)
+"""
+
+
+class CaffeWorker:
+    """Real Caffe in a child process that builds the nets it is given; an abort there kills only
+    the child, which is started again."""
+
+    def __init__(self):
+        self.process = None
+
+    def build(self, net):
+        """(True, param shapes) when Caffe builds `net`, (False, its last words) when it aborts."""
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen([sys.executable, "-c", _CAFFE_WORKER], text=True,
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, cwd=_TMP)
+        path = _TMP / "caffe_net.prototxt"
+        proto.write_text(net, path)
+        self.process.stdin.write(f"{path}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if line:
+            return True, {k: [tuple(s) for s in v] for k, v in json.loads(line).items()}
+        self.process.wait()
+        words = [w for w in self.process.stderr.read().splitlines() if w.strip()]
+        fatal = [w.split("] ", 1)[-1] for w in words if w[:1] == "F" and "] " in w]
+        self.process = None
+        return False, (fatal or words or ["(no message)"])[-1]
+
+
+_WORKER = CaffeWorker()
+
+
+def target_caffe_agrees(net):
+    """Differential: a net the rules accept must build in real Caffe, with the same param
+    shapes (an AssertionError here is a rule that lets an abort through)."""
+    try:
+        shapes = check_net(net, "fuzz.prototxt")
+    except DlbhcError:
+        return
+    built, result = _WORKER.build(net)
+    assert built, f"rules accept, real Caffe aborts: {result}"
+    assert result == shapes.params, f"param shapes differ: Caffe {result}, rules {shapes.params}"
+
+
 TARGETS = {"prototxt": (target_prototxt, inputs("prototxt")),
            "caffemodel": (target_caffemodel, inputs("caffemodel")),
            "solverstate": (target_solverstate, inputs("solverstate")),
            "binaryproto": (target_binaryproto, inputs("binaryproto")),
            "datum": (target_datum, inputs("datum")),
            "index": (target_index, inputs("index")),
-           "nets": (target_nets, random_nets())}
+           "nets": (target_nets, random_nets()),
+           "caffe_agrees": (target_caffe_agrees, random_nets())}
+CAFFE_TARGETS = {"caffe_agrees"}  # need real Caffe
 
 
 def check(target, value):
@@ -302,7 +357,7 @@ def fuzz_for(name, seconds, hang_seconds=10):
             report["hangs"] += 1
         except Exception as err:  # noqa: BLE001 (a bug: recorded, fuzzing goes on)
             kind = f"{type(err).__name__}: {str(err)[:120]}"
-            report["unexpected"].setdefault(type(err).__name__, [kind, repr(value)[:300]])
+            report["unexpected"].setdefault(kind[:90], repr(value)[:400])
         finally:
             signal.alarm(0)
 
@@ -342,7 +397,7 @@ def main(argv=None):
         print(f"{name:12s} {report['inputs']:>9} {aborts:>6d} {crashes:>7d} "
               f"{report['hangs']:>5d} {len(report['unexpected']):>10d}", flush=True)
         for kind, example in report["unexpected"].items():
-            print(f"    {kind}: {example}")
+            print(f"    {kind}: {example[:300]!r}")
         if code not in (0,):
             print(f"    child exit status {code}: {done.stderr[-500:] if code else ''}")
         failed |= bool(aborts or crashes or report["hangs"] or report["unexpected"])

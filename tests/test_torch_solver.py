@@ -102,7 +102,7 @@ def test_sgd_diff_holds_the_update_after_a_step():
 
 
 def test_l1_regularization_and_clip_gradients():
-    solver = linear_solver("SGD", 'regularization_type: "L1" momentum: 0 clip_gradients: 0.1')
+    solver = linear_solver("SGD", 'regularization_type: "L1" clip_gradients: 0.1')
     solver.param.momentum = 0.0
     w0, b0 = (p.data.astype(np.float64) for p in solver.net.params["ip"])
     solver.step(1)

@@ -312,8 +312,15 @@ def _inner_product(layer, bottoms):
     return [shape[:axis] + (ip.num_output,)], params
 
 
-_NEURONS = ("ReLU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "ELU", "Exp", "Log",
-            "Threshold")
+_NEURONS = ("ReLU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "ELU", "Threshold")
+
+
+@_rule("Exp", "Log")
+def _exp_log(layer, bottoms):
+    base = (layer.exp_param if layer.type == "Exp" else layer.log_param).base
+    if base != -1 and not base > 0:
+        raise ShapeError(f"base must be strictly positive (or -1 for e), got {base}")
+    return [bottoms[0]], []
 
 
 @_rule(*_NEURONS)
@@ -432,8 +439,9 @@ def _batch_norm(layer, bottoms):
         if i < 3 and spec.lr_mult != 0.0:
             raise ShapeError(f"cannot configure batch normalization statistics as layer "
                              f"parameters (param {i} has lr_mult {spec.lr_mult}, must be 0)")
-    channels = 1 if len(shape) == 1 else shape[1]
-    return [shape], [(channels,), (channels,), (1,)]
+    if len(shape) < 2:  # Caffe reads shape(1) of the bottom
+        raise ShapeError(f"needs a bottom with a channel axis (2-D or more), got shape {shape}")
+    return [shape], [(shape[1],), (shape[1],), (1,)]
 
 
 def _span(shape, axis, num_axes):
@@ -511,8 +519,3 @@ def _accuracy(layer, bottoms):
     if ap.top_k > classes:
         raise ShapeError(f"top_k {ap.top_k} is larger than the number of classes ({classes})")
     return [()] + [(classes,)] * (len(layer.top) - 1), []
-
-
-@_rule("HDF5Output", bottoms=(2, 2), tops=(0, 0))
-def _hdf5_output(layer, bottoms):
-    return [], []

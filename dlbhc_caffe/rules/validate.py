@@ -36,7 +36,7 @@ from ..proto import ProtoError, filter_net
 from .shapes import ShapeError, UnknownShapeRule, layer_shapes
 
 # Layers that read only their own blob (Caffe refuses them in place).
-_NOT_IN_PLACE = {"Flatten", "Reshape", "Split"}
+_NOT_IN_PLACE = {"Flatten", "Reshape", "Split", "AbsVal"}
 # Layers that write files, or run arbitrary code, when a net is built or run.
 FILE_WRITERS = {"HDF5Output": "writes the HDF5 file it names (truncating it when the net is built)",
                 "Python": "runs Python code from the module it names"}
@@ -81,17 +81,27 @@ def check_net(net, source="<net>", data_shapes=None):
     data_shapes = data_shapes or {}
     result = NetShapes()
     unknown = set()  # blobs made by undecided layers
+    uses = {}  # name -> consumers of its latest version
     for layer in net.layer:
         culprit = _culprit(source, layer)
         for j, name in enumerate(layer.bottom):
             if name not in result.blobs and name not in unknown:
                 raise RuleError(f"{culprit}: unknown bottom blob '{name}' (bottom index {j})")
+            uses[name] = uses.get(name, 0) + 1
         for j, name in enumerate(layer.top):
             in_place = j < len(layer.bottom) and layer.bottom[j] == name
             if in_place and layer.type in _NOT_IN_PLACE:
                 raise RuleError(f"{culprit}: does not allow in-place computation (top '{name}')")
+            if in_place and uses[name] > 1:
+                # Caffe splits a blob that feeds several bottoms, renaming them: the top is then
+                # no longer in place but a second producer of the name.
+                raise RuleError(f"{culprit}: computes '{name}' in place, but '{name}' also feeds "
+                                f"another bottom ({uses[name]} in all): top blob '{name}' "
+                                f"produced by multiple sources")
             if (name in result.blobs or name in unknown) and not in_place:
                 raise RuleError(f"{culprit}: top blob '{name}' produced by multiple sources")
+        for name in layer.top:
+            uses[name] = 0
         bottoms = [result.blobs.get(name) for name in layer.bottom]
         try:
             if layer.name in data_shapes:
