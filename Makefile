@@ -24,9 +24,9 @@ paper: setup
 	bash scripts/paper_recipe.sh
 
 # Fuzz every file reader for FUZZ_SECONDS per parser (each in a child process); prints inputs
-# tried, aborts, crashes, hangs and unexpected exception types per parser.
+# tried, aborts, crashes, hangs and unexpected exception types per parser (after `make setup`).
 FUZZ_SECONDS ?= 600
-fuzz: setup
+fuzz:
 	$(PY) tests/fuzz_targets.py --seconds $(FUZZ_SECONDS)
 
 clean:
