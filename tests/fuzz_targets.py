@@ -39,7 +39,7 @@ from dlbhc_caffe.errors import DlbhcError  # noqa: E402
 from dlbhc_caffe.rules.shapes import known_types  # noqa: E402
 from dlbhc_caffe.rules.validate import check_deploy, check_net  # noqa: E402
 from dlbhc_caffe.search.index import HashIndex, load_index  # noqa: E402
-from dlbhc_caffe.train.run import snapshot_problem  # noqa: E402
+from dlbhc_caffe.train.snapshots import snapshot_problem  # noqa: E402
 from dlbhc_caffe.rules.weights import plan_weight_copy  # noqa: E402
 from reliability_nets import BASE  # noqa: E402
 

@@ -38,6 +38,7 @@ from ..rules.solver import SolverError, check_history, check_snapshot_prefix, ch
     learnable_shapes, snapshot_paths, solver_nets
 from ..rules.weights import copy_weights, param_shapes, plan_weight_copy
 from .log import CaffeLog, History, console
+from .snapshots import finish_snapshot, localize_state, staging_prefix
 from ..rules.validate import check_training_data
 
 NEVER = 2 ** 31 - 1  # an iteration count the engine never reaches
@@ -72,27 +73,6 @@ class TrainResult:
         return self.snapshots[-1] if self.snapshots else None
 
 
-def staging_prefix(snapshot_prefix):
-    """The hidden prefix the engine writes a snapshot under before it is renamed into place."""
-    prefix = Path(snapshot_prefix)
-    return prefix.with_name(f".{prefix.name}.partial-{os.getpid()}")
-
-
-def finish_snapshot(solver_param, iteration):
-    """Move the snapshot the engine wrote under `staging_prefix` to Caffe's names: the solver
-    state re-pointed at the final caffemodel, the caffemodel renamed first, so a solver state
-    always names a whole caffemodel and neither file is ever seen half written."""
-    model, state_path = snapshot_paths(solver_param, iteration)
-    staged = pb.SolverParameter(snapshot_prefix=str(staging_prefix(solver_param.snapshot_prefix)))
-    tmp_model, tmp_state = snapshot_paths(staged, iteration)
-    state = proto.read_solverstate(tmp_state)
-    state.learned_net = str(model)
-    proto.write_binary(state, tmp_state)
-    os.replace(tmp_model, model)
-    os.replace(tmp_state, state_path)
-    return model, state_path
-
-
 def engine_solver(solver_param, seed=None, gpu=None):
     """The SolverParameter given to the engine: the loop, not the engine, tests, displays and
     snapshots (display and snapshot 0, no test before NEVER, no snapshot after training)."""
@@ -113,28 +93,6 @@ def engine_solver(solver_param, seed=None, gpu=None):
     if gpu is not None:
         engine.device_id = int(gpu)
     return engine
-
-
-def localize_state(path):
-    """`path`, or a hidden copy of it whose learned_net names the caffemodel beside it when the
-    one it recorded is elsewhere (a run folder copied or moved: Caffe would read, and a resumed
-    run would then overwrite, the original folder's files). The caller removes a copy."""
-    path = Path(path)
-    if path.suffix == ".h5":
-        return path
-    try:
-        state = proto.read_solverstate(path)
-    except proto.ProtoError as err:
-        raise TrainError(str(err)) from None
-    if not state.learned_net:
-        return path
-    beside = path.with_name(Path(state.learned_net).name)
-    if not beside.is_file() or Path(state.learned_net).resolve() == beside.resolve():
-        return path
-    state.learned_net = str(beside)
-    copy = path.with_name(f".{path.stem}.resume-{os.getpid()}.solverstate")
-    proto.write_binary(state, copy)
-    return copy
 
 
 def check_solverstate(path, train_param, net, solver_type="SGD"):
@@ -412,7 +370,10 @@ def train(solver_path, *, backend="auto", weights=None, resume=None, final_model
 
         bar_total = solver_param.max_iter
         if resume is not None:
-            local = localize_state(resume)
+            try:
+                local = localize_state(resume)
+            except proto.ProtoError as err:
+                raise TrainError(str(err)) from None
             try:
                 state = check_solverstate(local, nets[0], solver.net, solver_param.type)
                 solver.restore(str(local))

@@ -26,6 +26,7 @@ from pathlib import Path
 from .. import proto
 from ..fileio import output_lock
 from .log import console, parse_log
+from .snapshots import localize_solver, snapshot_problem
 from .loop import DATA_CURSOR_NOTE, TrainError, train
 from .plot import plot_history
 
@@ -77,28 +78,6 @@ def snapshots_in(folder):
     return sorted(found, key=lambda item: item[0])
 
 
-def snapshot_problem(state_path):
-    """Why the snapshot ending in .solverstate `state_path` would not load (None when it would):
-    the state and the caffemodel beside it parse, and every blob holds the values its shape says
-    (what Caffe would abort on)."""
-    state_path = Path(state_path)
-    try:
-        state = proto.read_solverstate(state_path)
-        for i, blob in enumerate(state.history):
-            proto.check_blob_values(blob, f"history blob {i}")
-        model = state_path.with_name(Path(state.learned_net).name) if state.learned_net \
-            else state_path.with_suffix(".caffemodel")
-        if not model.is_file():
-            return f"its caffemodel {model.name} is missing"
-        net = proto.read_net(model, upgrade=False)
-        for layer in list(net.layer) + list(net.layers):
-            for i, blob in enumerate(layer.blobs):
-                proto.check_blob_values(blob, f"{model.name}: layer '{layer.name}', blob {i}")
-    except proto.ProtoError as err:
-        return str(err)
-    return None
-
-
 def resume_state(folder, resume, log=print):
     """The .solverstate to resume from: `resume` as a path, or (True / "latest") the folder's
     newest snapshot that loads (an older one, said through `log`, when the newest is damaged).
@@ -123,30 +102,6 @@ def resume_state(folder, resume, log=print):
     if not path.is_file():
         raise TrainError(f"--resume {resume}: no such solverstate")
     return path.resolve()
-
-
-def localize_solver(folder, log=print):
-    """Re-root solver.prototxt's net files and snapshot_prefix into `folder` when they point
-    into another folder (a copied or moved run), so a resumed copy reads and writes only its
-    own files; says what it changed through `log`."""
-    folder = Path(folder).resolve()
-    path = folder / "solver.prototxt"
-    solver = proto.read_solver(path, upgrade=False)
-    changed = []
-    for name in ("net", "train_net", "snapshot_prefix"):
-        value = getattr(solver, name)
-        if value and Path(value).is_absolute() and Path(value).parent != folder:
-            setattr(solver, name, str(folder / Path(value).name))
-            changed.append(name)
-    for i, value in enumerate(solver.test_net):
-        if Path(value).is_absolute() and Path(value).parent != folder:
-            solver.test_net[i] = str(folder / Path(value).name)
-            changed.append(f"test_net[{i}]")
-    if changed:
-        proto.write_text(solver, path)
-        log(f"{path}: {', '.join(changed)} pointed outside the run folder (copied or moved); "
-            f"now inside {folder}")
-    return changed
 
 
 def git_commit(repo=None):
