@@ -80,7 +80,8 @@ class Searcher:
         self.default_radius = int(default_radius)
         self.classes = class_names(self.index, names_file)
         if model is None:
-            model = workflow.Model.from_meta(self.index.meta)
+            # only a model beside the index: a crafted index must not pick files elsewhere
+            model = workflow.Model.recorded_beside(self.index_path, self.index.meta)
             if model is None:
                 raise EncodeError(f"{self.index_path}: the index records no model: give --run "
                                   f"or --deploy/--model, or --no-model (search by id and code "
