@@ -53,6 +53,17 @@ def top_k_option(text):
     return value
 
 
+def radius_option(text):
+    """--radius: a non-negative integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def check_top_k(top_k, n_database, where):
     """--top-k against the database size, in the flags' words (before any work)."""
     if top_k is not None and top_k > n_database:
@@ -99,7 +110,7 @@ def build_parser():
                              "all: the whole ranking)")
     parser.add_argument("--distance", choices=metrics.DISTANCES, default="hamming",
                         help="hamming (codes, default) or euclidean (real features, e.g. fc7)")
-    parser.add_argument("--radius", type=int, default=2,
+    parser.add_argument("--radius", type=radius_option, default=2,
                         help="Hamming radius for the precision within radius (default 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads (default: all cores)")
