@@ -52,7 +52,7 @@ def build_parser():
                    help="kevinnet (default): CaffeNet + latent layer on 256x256 records, 227 "
                         "crops (the paper); small: 3 conv + fc7 of 64 for 32x32 records, from "
                         "scratch on a CPU")
-    p.add_argument("--root", default="data",
+    p.add_argument("--root", default=None,
                    help="data folder holding <dataset>/ and ilsvrc12/imagenet_mean.binaryproto "
                         "(default: data)")
     p.add_argument("--db", choices=("leveldb", "lmdb"), default=None,
@@ -194,7 +194,7 @@ def resume_record(args):
         from dlbhc_caffe.train import resolve_weights  # noqa: PLC0415
 
         args.weights = resolve_weights(args.weights, found["net"] or args.net or "kevinnet",
-                                       args.root)
+                                       args.root or "data")
     for flag, recorded in found.items():
         given = getattr(args, flag)
         if given is None:
@@ -210,6 +210,9 @@ def resume_record(args):
                 f"{name} {'none' if recorded is None else recorded}; --resume continues it as "
                 f"it was started: drop {name}, or start a new run (--force, or another --out)")
     args.weights = None  # resumed from the snapshot's weights
+    manifest = record.get("dataset_manifest_path")
+    if args.root is None and manifest:  # where the run's dataset was, for its plan
+        args.root = str(Path(manifest).parent.parent)
     return record
 
 
@@ -240,6 +243,7 @@ def main(argv=None):
         if args.resume:
             resume_record(args)
         args.dataset, args.net = args.dataset or "cifar10", args.net or "kevinnet"
+        args.root = args.root or "data"
         plan = runs.plan_run(
             dataset=args.dataset, root=args.root, net=args.net, bits=args.bits,
             classes=args.classes, db=args.db, batch_size=args.batch_size,
