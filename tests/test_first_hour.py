@@ -196,3 +196,50 @@ def test_a_failure_before_the_first_snapshot_says_force(tmp_path):
     with pytest.raises(runs.RunFolderError, match="failed \\(x\\) before its first snapshot; "
                                                  "start it over with --force"):
         runs.check_run_folder(tmp_path)
+
+
+# ---------------------------------------------------------------- make paper without a GPU
+
+def test_paper_recipe_says_the_cost_and_stops_without_a_gpu(tmp_path):
+    from dlbhc_caffe import backends
+
+    try:
+        backends.get("torch").check_device(0)
+        pytest.skip("this machine has a GPU for the torch backend")
+    except ImportError:
+        pass
+    env = dict(os.environ, DLBHC_DATA=str(tmp_path / "data"), PY=sys.executable)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "paper_recipe.sh")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "about 12 GB" in done.stdout and "1600000 images forward and backward" in done.stdout
+    assert "no usable GPU 0" in done.stderr and "DLBHC_GPU=cpu make paper" in done.stderr
+    assert not (tmp_path / "data").exists()  # nothing prepared, nothing downloaded
+
+
+# ---------------------------------------------------------------- noise
+
+@pytest.mark.parametrize("script", ["tools/prepare.py", "tools/train.py", "tools/evaluate.py",
+                                    "tools/upgrade_net.py", "demo.py"])
+def test_help_cites_nothing_outside_the_repository(script):
+    done = tool(ROOT / script, "--help")
+    assert done.returncode == 0 and "design.md" not in done.stdout
+
+
+def test_help_examples_continue_their_lines():
+    """Every example line of evaluate --help that ends in a backslash goes on, indented."""
+    lines = tool(ROOT / "tools" / "evaluate.py", "--help").stdout.splitlines()
+    continued = [i for i, line in enumerate(lines) if line.rstrip().endswith("\\")]
+    assert len(continued) >= 2
+    for i in continued:
+        assert lines[i].rstrip().endswith(" \\") and lines[i + 1].startswith("        --")
+
+
+@pytest.mark.caffe
+def test_the_parity_table_comes_after_the_run(caffe):
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_torch_parity.py", "-k", "test_tiny_net_forward_backward"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:]
+    out = done.stdout
+    assert out.index("[100%]") < out.index("torch backend vs real Caffe")  # after the dots
