@@ -250,3 +250,19 @@ def test_the_parity_table_comes_after_the_run(caffe):
     assert done.returncode == 0, done.stdout[-2000:]
     out = done.stdout
     assert out.index("[100%]") < out.index("torch backend vs real Caffe")  # after the dots
+
+
+# ---------------------------------------------------------------- class names in montages
+
+def test_montages_name_classes_when_the_dataset_has_names():
+    from types import SimpleNamespace
+
+    from dlbhc_caffe.search import workflow
+
+    hit = SimpleNamespace(rank=1, hamming=0, euclidean=None, label=2, path=None)
+    [(query, [tile])] = workflow.montage_rows([np.zeros((8, 8), np.uint8)], [[hit]], [1],
+                                              class_names=["cat", "dog", "tulip"])
+    assert query.caption.split("\n")[1] == "dog" and tile.caption.split("\n")[-1] == "tulip"
+    assert tile.match is False
+    [(query, [tile])] = workflow.montage_rows([np.zeros((8, 8), np.uint8)], [[hit]], [1])
+    assert query.caption.split("\n")[1] == "label 1" and tile.caption.endswith("label 2")
