@@ -35,14 +35,18 @@ def main(argv=None):
     if target.exists() and not args.force:
         print(f"error: {target} exists; use --force to overwrite it", file=sys.stderr)
         return 2
-    if not proto.is_binary_path(source) and read_kind(source) == "solver":
-        return upgrade_solver(source, target)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", proto.UpgradeWarning)
-        old = proto.read_net(source, upgrade=False)
-        if not proto.net_needs_upgrade(old):
-            print(f"note: {source} is already in the current format", file=sys.stderr)
-        net = proto.upgrade_net(old, source=str(source))
+    try:
+        if not proto.is_binary_path(source) and read_kind(source) == "solver":
+            return upgrade_solver(source, target)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", proto.UpgradeWarning)
+            old = proto.read_net(source, upgrade=False)
+            if not proto.net_needs_upgrade(old):
+                print(f"note: {source} is already in the current format", file=sys.stderr)
+            net = proto.upgrade_net(old, source=str(source))
+    except proto.ProtoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for warning in caught:
         print(f"warning: {source}: {warning.message}", file=sys.stderr)
     proto.write_message(net, target)
