@@ -8,7 +8,10 @@ for each BLAS thread count.
 Runs the `caffe` tool that scripts/build_caffe.sh built (.venv/caffe_home) on the same train net
 benchmarks/bench_throughput.py times (Input layers, so no data loading), once per thread count
 (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS), and prints each layer's forward and backward
-milliseconds (Caffe's own averages), the share of the total, and the load average beside it.
+milliseconds (Caffe's own averages), the share of the total, the load average beside it, and the
+whole run's wall and CPU seconds (net set-up, Caffe's warm-up pass, the timed passes): on a shared
+machine the CPU seconds at equal work show what more threads cost. Repeat --threads to
+interleave runs (--threads 1 --threads 2 --threads 1 --threads 2).
 """
 import argparse
 import json
@@ -17,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,15 +47,21 @@ def time_layers(model, threads, iterations):
     """{layer: {forward, backward}} ms, and the forward-backward total, from `caffe time`."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                GLOG_minloglevel="0", GLOG_logtostderr="1")
+    before, start = os.times(), time.perf_counter()
     done = subprocess.run([str(caffe_tool()), "time", "-model", str(model), "-iterations",
                            str(iterations)], env=env, capture_output=True, text=True)
+    wall, after = time.perf_counter() - start, os.times()
     if done.returncode != 0:
         raise SystemExit(f"caffe time failed: {done.stderr.strip().splitlines()[-1:]}")
     layers = {}
     for match in LAYER_LINE.finditer(done.stderr):
         layers.setdefault(match.group(1), {})[match.group(2)] = float(match.group(3))
     total = float(TOTAL_LINE.search(done.stderr).group(1))
-    return layers, total
+    # the whole run (set-up, a warm-up pass, the timed passes): wall and CPU seconds of Caffe's
+    # threads, user and system; at equal work, extra CPU is threads waiting for each other
+    cpu = {"wall": wall, "user": after.children_user - before.children_user,
+           "system": after.children_system - before.children_system}
+    return layers, total, cpu
 
 
 def main(argv=None):
@@ -67,12 +77,14 @@ def main(argv=None):
         model = kevinnet_files(tmp, 48, args.batch)["train"]
         for threads in args.threads or [1, 2]:
             load = os.getloadavg()[0]
-            layers, total = time_layers(model, threads, args.iterations)
+            layers, total, cpu = time_layers(model, threads, args.iterations)
             report["runs"].append({"threads": threads, "total_ms": total, "layers": layers,
-                                   "load_before": load, "load_after": os.getloadavg()[0]})
+                                   "run_seconds": cpu, "load_before": load,
+                                   "load_after": os.getloadavg()[0]})
             print(f"\n{threads} BLAS thread(s): forward-backward {total:.0f} ms per batch of "
                   f"{args.batch} ({args.batch / total * 1000:.1f} img/s), load average "
-                  f"{load:.1f} -> {os.getloadavg()[0]:.1f}")
+                  f"{load:.1f} -> {os.getloadavg()[0]:.1f}; whole run {cpu['wall']:.1f} s wall, "
+                  f"{cpu['user']:.1f} s user + {cpu['system']:.1f} s system CPU")
             ranked = sorted(layers.items(), key=lambda kv: -sum(kv[1].values()))
             for name, times in ranked:
                 both = sum(times.values())

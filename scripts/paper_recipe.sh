@@ -10,8 +10,8 @@
 #
 # Expected: mAP@1000 about 0.897 (the authors' released 48-bit model gives 0.8973732 in this
 # evaluation; a retrained model lands near it, not on it). Time: the training is 1.6 M images
-# forward and backward plus the tests -- hours on a GPU, about a day and a half on this 2-core CPU
-# (Caffe here: about 20 images/s; benchmarks/bench_throughput.py measures your machine).
+# forward and backward plus the tests -- hours on a GPU, days to weeks on a 2-core CPU (the
+# README's Benchmarks; benchmarks/bench_throughput.py measures your machine).
 #
 # Each step is skipped when its output exists (data/cifar10/dataset.json, the weights,
 # RUN/final.caffemodel); an interrupted training (Ctrl-C: it snapshots) is resumed from its latest
