@@ -266,3 +266,27 @@ def test_montages_name_classes_when_the_dataset_has_names():
     assert tile.match is False
     [(query, [tile])] = workflow.montage_rows([np.zeros((8, 8), np.uint8)], [[hit]], [1])
     assert query.caption.split("\n")[1] == "label 1" and tile.caption.endswith("label 2")
+
+
+@pytest.mark.slow
+def test_setup_prints_no_editable_install_banner(tmp_path):
+    """scripts/setup_env.sh (every make target's first step) in a fresh clone, with a venv that
+    sees this one's packages: no setuptools banner, just its own lines."""
+    import hashlib
+    import sysconfig
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(clone / ".venv")], check=True)
+    packages = sysconfig.get_paths()["purelib"]
+    target = subprocess.run([str(clone / ".venv" / "bin" / "python"), "-c",
+                             "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    Path(target, "shared-packages.pth").write_text(packages + "\n")
+    stamp = hashlib.sha256(b"".join((clone / name).read_bytes() for name in
+                                    ("requirements.txt", "setup.py", "pyproject.toml")))
+    (clone / ".venv" / ".dlbhc-requirements").write_text(stamp.hexdigest() + "\n")
+    done = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=clone, capture_output=True,
+                          text=True, timeout=900, env=dict(os.environ, DLBHC_NO_CAFFE="1"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "[setup] ready: .venv" and done.stderr == ""
