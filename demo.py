@@ -19,7 +19,8 @@ latent, paths) and codes.mat for MATLAB, indexes them, and shows the top k of a 
 (--query, default the list's first image) as a montage with distances.
 
 Outputs go to --out (default out/demo); they are replaced on each run. --force also re-prepares
-the digits and retrains the default model.
+the digits and retrains the default model; Ctrl-C during its training snapshots it, and
+--resume continues from there.
 """
 import argparse
 import sys
@@ -52,6 +53,9 @@ def build_parser():
                    help="resize images to N x N (default: the mean's size, else the input's)")
     g.add_argument("--list", metavar="FILE", help="image list: `path` or `path label` a line")
     g.add_argument("--query", metavar="IMAGE", help="query image (default: the list's first)")
+    g.add_argument("--allow-missing-weights", action="store_true",
+                   help="use a caffemodel that lacks weights for some learnable layers (they "
+                        "keep their fillers; refused by default)")
     p.add_argument("--k", type=int, default=10, help="results shown per query (default 10)")
     p.add_argument("--fine", action="store_true",
                    help="show the coarse-to-fine search (Hamming pool, fc7 re-ranking)")
@@ -64,6 +68,9 @@ def build_parser():
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--force", action="store_true",
                    help="re-prepare the digits and retrain the default model")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="SOLVERSTATE",
+                   help="continue the default model's stopped training from SOLVERSTATE "
+                        "(default: its latest snapshot), then go on with the demo")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

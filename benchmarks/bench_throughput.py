@@ -50,14 +50,19 @@ def kevinnet_files(folder, bits, batch, classes=10, crop=227):
 
 
 def _timed(fn, warmup, repeats):
+    """(wall seconds, CPU seconds of all this process's threads) of each timed call.
+
+    On a shared machine the wall time measures the load as much as the engine; the CPU time is
+    what the engine itself spent (threads spinning while they wait for each other included)."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
-    return times
+        cpu.append(time.process_time() - start_cpu)
+    return times, cpu
 
 
 def measure(backend_name, *, bits=48, batch=32, warmup=1, repeats=5, threads=None, gpu=None):
@@ -85,11 +90,11 @@ def measure(backend_name, *, bits=48, batch=32, warmup=1, repeats=5, threads=Non
         net = solver.net
         net.blobs["data"].data[...] = rng.normal(0, 50, net.blobs["data"].data.shape)
         net.blobs["label"].data[...] = rng.integers(0, 10, net.blobs["label"].data.shape)
-        train_times = _timed(lambda: solver.step(1), warmup, repeats)
+        train_times, train_cpu = _timed(lambda: solver.step(1), warmup, repeats)
         del solver, net
         deploy = engine.Net(str(paths["deploy"]), engine.TEST)
         deploy.blobs["data"].data[...] = rng.normal(0, 50, deploy.blobs["data"].data.shape)
-        forward_times = _timed(lambda: deploy.forward(), warmup, repeats)
+        forward_times, forward_cpu = _timed(lambda: deploy.forward(), warmup, repeats)
     return {
         "backend": engine.name,
         "version": getattr(engine, "__version__", None),
@@ -101,6 +106,9 @@ def measure(backend_name, *, bits=48, batch=32, warmup=1, repeats=5, threads=Non
         "forward_images_per_s": batch / statistics.median(forward_times),
         "train_seconds": train_times,
         "forward_seconds": forward_times,
+        "train_cpu_seconds": train_cpu,
+        "forward_cpu_seconds": forward_cpu,
+        "load_average": os.getloadavg()[0],
     }
 
 
@@ -152,15 +160,19 @@ def run(backends_=None, *, bits=48, batch=32, warmup=1, repeats=5, threads=None,
 def format_table(report):
     """The report as a text table."""
     lines = [f"KevinNet {report['bits']} bits, 227x227, batch {report['batch']}, "
-             f"{report['threads']} threads (medians of {report['repeats']})",
+             f"{report['threads']} threads (medians of {report['repeats']}; CPU s: seconds of "
+             f"all threads per batch)",
              f"{'backend':<8} {'version':<14} {'device':<6} {'train img/s':>12} "
-             f"{'forward img/s':>14} {'train x':>8} {'fwd x':>7}"]
+             f"{'forward img/s':>14} {'train x':>8} {'fwd x':>7} {'train CPU s':>12} "
+             f"{'fwd CPU s':>10} {'load':>5}"]
     for r in report["results"]:
         ratio = report["ratios"].get(r["backend"])
         lines.append(
             f"{r['backend']:<8} {str(r['version']):<14} {r['device']:<6} "
             f"{r['train_images_per_s']:>12.1f} {r['forward_images_per_s']:>14.1f} "
-            f"{_ratio(ratio, 'train'):>8} {_ratio(ratio, 'forward'):>7}")
+            f"{_ratio(ratio, 'train'):>8} {_ratio(ratio, 'forward'):>7} "
+            f"{statistics.median(r['train_cpu_seconds']):>12.1f} "
+            f"{statistics.median(r['forward_cpu_seconds']):>10.1f} {r['load_average']:>5.1f}")
     for name, reason in report["skipped"].items():
         lines.append(f"{name:<8} not measured: {reason}")
     if report["results"] and not report["ratios"]:

@@ -17,7 +17,7 @@ from .proto import atomic_write_bytes
 from .search import DEFAULT_RADIUS, workflow
 
 DATASET, NET, BITS = "digits", "small", 12
-MAX_ITER, SEED = 600, 1  # design.md: 600 iterations give mAP@100 0.916 in 1-2 CPU minutes
+MAX_ITER, SEED = 600, 1  # 600 iterations give mAP@100 about 0.9 in 1-2 CPU minutes
 MONTAGE_QUERIES = 6
 
 
@@ -43,11 +43,17 @@ class DemoOptions:
     batch_size: int = 10
     force: bool = False
     quiet: bool = False
+    allow_missing_weights: bool = False
+    resume: object = None  # True (the latest snapshot) or a .solverstate path
 
 
 def run(opts):
-    """The digits default, or -- with a model or an image list -- the model demo; returns 0."""
+    """The digits default, or -- with a model or an image list -- the model demo; returns the
+    exit code (0, or 128 + the signal that stopped the default's training)."""
     custom = opts.deploy or opts.model or opts.list
+    if opts.resume and (custom or opts.run or opts.force):
+        raise EncodeError("--resume continues the digits default's training: drop "
+                          + ("--force" if opts.force else "--run/--deploy/--model/--list"))
     return model_demo(opts) if custom else digits_demo(opts)
 
 
@@ -84,26 +90,36 @@ def finished_run(run_dir):
     return (run_dir / "run.json").is_file() and (run_dir / "final.caffemodel").is_file()
 
 
-def train_default(root, backend, force, quiet):
+def demo_argv():
+    """This demo's command line as run.json records it (its resume command is built from it)."""
+    if Path(sys.argv[0]).name == "demo.py":
+        return list(sys.argv)
+    return [str(Path(__file__).resolve().parents[1] / "demo.py")]
+
+
+def train_default(root, backend, force, quiet, resume=None):
     """runs/digits_small_12: reused when finished, else trained as `tools/train.py --dataset
-    digits --net small --bits 12 --max-iter 600 --seed 1` would."""
+    digits --net small --bits 12 --max-iter 600 --seed 1` would (continued from a snapshot with
+    `resume`). Returns the run folder, or the TrainResult of a training a signal stopped."""
     from dlbhc_caffe import runs  # noqa: PLC0415
 
     plan = runs.plan_run(dataset=DATASET, root=root, net=NET, bits=BITS, max_iter=MAX_ITER,
                          seed=SEED)
     if finished_run(plan.folder) and not force:
-        say(f"[demo] reusing the trained model in {plan.folder}")
+        say(f"[demo] reusing the trained model in {plan.folder}"
+            + (" (finished: nothing to resume)" if resume else ""))
         return plan.folder
-    if plan.folder.exists() and any(plan.folder.iterdir()) and not force:
-        raise EncodeError(f"{plan.folder} holds an unfinished run; resume it with tools/train.py "
-                          f"--resume, or pass --force to train it again")
-    say(f"[demo] training the {NET} net at {BITS} bits on {DATASET} into {plan.folder}")
+    if plan.folder.exists() and any(plan.folder.iterdir()) and not force and not resume:
+        earlier = runs.earlier_run(plan.folder) or "did not finish"
+        raise EncodeError(f"{plan.folder} holds a run that {earlier}")
     from dlbhc_caffe import train  # noqa: PLC0415
 
-    result = train.train_run(plan, backend=backend, force=force, root=root, progress=not quiet,
-                             argv=["demo.py"] + sys.argv[1:])
-    if train.exit_code(result) != 0:
-        raise EncodeError(f"training stopped before it finished; see {plan.folder / 'log.txt'}")
+    say(f"[demo] {'continuing' if resume else 'training'} the {NET} net at {BITS} bits on "
+        f"{DATASET} in {plan.folder}")
+    result = train.train_run(plan, backend=backend, force=force, resume=resume, root=root,
+                             progress=not quiet, argv=demo_argv())
+    if result.interrupted:
+        return result
     if not finished_run(plan.folder):
         raise EncodeError(f"training did not finish: no final.caffemodel in {plan.folder}")
     return plan.folder
@@ -115,9 +131,14 @@ def digits_demo(opts):
     out = Path(opts.out)
     manifest = prepare_digits(opts.root, opts.force, opts.quiet)
     run_dir = Path(opts.run) if opts.run else train_default(opts.root, opts.backend, opts.force,
-                                                            opts.quiet)
+                                                            opts.quiet, opts.resume)
+    if not isinstance(run_dir, Path):  # a signal stopped the training: its exit code
+        from dlbhc_caffe import train  # noqa: PLC0415
+
+        return train.exit_code(run_dir)
     encoder = Encoder.from_run(run_dir, backend=opts.backend, batch_size=100,
-                               progress=not opts.quiet)
+                               progress=not opts.quiet,
+                               allow_missing_weights=opts.allow_missing_weights)
     say(f"[demo] encoding the database ({manifest['train_count']} records) and the queries "
         f"({manifest['test_count']})")
     database, queries = encode_dataset(encoder, manifest)
@@ -169,7 +190,8 @@ def digits_demo(opts):
     chosen = fine if opts.fine else results
     rows = workflow.montage_rows([montage.record_to_rgb(q_images[i]) for i in shown],
                                  [chosen[i] for i in shown], queries.labels[shown],
-                                 picture_of=lambda hit: montage.record_to_rgb(db_images[hit.row]))
+                                 picture_of=lambda hit: montage.record_to_rgb(db_images[hit.row]),
+                                 class_names=manifest.get("class_names"))
     title = (f"{DATASET}, {database.bits} bits: top {k} of {len(database)} by "
              + (f"coarse-to-fine (radius {opts.radius})" if opts.fine else "Hamming distance"))
     saved.append(montage.write_montage(out / "montage.png", rows, title=title))
@@ -204,7 +226,8 @@ def model_demo(opts):
     if k < 1:
         raise EncodeError(f"--k {opts.k}: must be at least 1")
     encoder = model.encoder(backend=opts.backend, batch_size=opts.batch_size,
-                            progress=not opts.quiet)
+                            progress=not opts.quiet,
+                            allow_missing_weights=opts.allow_missing_weights)
     say(f"[demo] encoding {len(paths)} images")
     features = encoder.encode_images(paths, labels=labels)
     index = workflow.index_features(features, meta={"model": model.to_meta(),

@@ -27,43 +27,64 @@ def _engine(backend, gpu):
     return engine
 
 
-def _dataset_manifest(dataset, root, run_record):
+def dataset_manifest(run=None, dataset=None, root="data"):
+    """The prepared dataset to evaluate on: `dataset` in `root`, else the one the training run
+    `run` was trained on (its run.json). Cheap: read before any encoding, so the database size
+    (``train_count``) can be checked against the k asked for."""
     from .datasets import load_manifest  # noqa: PLC0415
 
     if dataset is not None:
         return load_manifest(root, dataset)
-    if run_record is not None and run_record.get("dataset_manifest_path"):
-        return load_manifest(run_record["dataset_manifest_path"])
+    record_path = Path(run) / "run.json" if run is not None else None
+    if record_path is not None and record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except ValueError as err:
+            raise EncodeError(f"{record_path}: not readable JSON ({err})") from None
+        if record.get("dataset_manifest_path"):
+            return load_manifest(record["dataset_manifest_path"])
     raise EncodeError("name the prepared dataset to evaluate on (--dataset NAME)")
+
+
+def check_saved(out, force=False):
+    """Refuse (FileExistsError) when `out` already holds database.npz or queries.npz, unless
+    `force` (--force)."""
+    present = [name for name in SAVED if (Path(out) / name).exists()]
+    if present and not force:
+        raise FileExistsError(f"{out} already holds {', '.join(present)}; choose another "
+                              f"output folder or overwrite with --force")
 
 
 def encode_for_evaluation(run=None, deploy=None, model=None, mean=None, scale=1.0, dataset=None,
                           root="data", backend="auto", gpu=None, batch_size=100, out=None,
-                          force=False, progress=True):
+                          force=False, progress=True, allow_missing_weights=False,
+                          manifest=None):
     """(database, queries) Features of a dataset's train and test splits through a model.
 
     The model is a training run folder (`run`), or `deploy` + `model` (+ `mean`, the mean file it
-    was trained with, and `scale`, its transform_param.scale). With `out`, the features are also saved there as database.npz and
-    queries.npz (refused when present, unless `force`).
+    was trained with, and `scale`, its transform_param.scale). The dataset is `manifest` (as
+    :func:`dataset_manifest` gives it), else found from `dataset` / the run. With `out`, the
+    features are also saved there as database.npz and queries.npz (refused when present, unless
+    `force`), once both are encoded.
     """
-    if out is not None and not force:
-        present = [name for name in SAVED if (Path(out) / name).exists()]
-        if present:
-            raise FileExistsError(f"{out} already holds {', '.join(present)}; choose another "
-                                  f"output folder or overwrite with --force")
+    if out is not None:
+        check_saved(out, force)
+    if manifest is None:
+        manifest = dataset_manifest(run, dataset, root)
     engine = _engine(backend, gpu)
     if run is not None:
-        record_path = Path(run) / "run.json"
-        record = json.loads(record_path.read_text()) if record_path.is_file() else None
         encoder = Encoder.from_run(run, backend=engine.name, batch_size=batch_size,
-                                   progress=progress)
+                                   progress=progress, allow_missing_weights=allow_missing_weights)
     else:
-        record = None
         encoder = Encoder.from_files(deploy, model, mean=mean, scale=scale, backend=engine.name,
-                                     batch_size=batch_size, progress=progress)
-    manifest = _dataset_manifest(dataset, root, record)
+                                     batch_size=batch_size, progress=progress,
+                                     allow_missing_weights=allow_missing_weights)
     database, queries = encode_dataset(encoder, manifest)
     if out is not None:
-        for features, name in zip((database, queries), SAVED):
-            features.save(Path(out) / name)
+        save_features(out, database, queries)
     return database, queries
+
+
+def save_features(out, database, queries):
+    """database.npz and queries.npz in `out`; returns their paths."""
+    return [features.save(Path(out) / name) for features, name in zip((database, queries), SAVED)]

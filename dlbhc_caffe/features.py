@@ -38,7 +38,7 @@ from .fileio import atomic_write_bytes
 from .proto import ProtoError, pb, read_mean, read_net
 from .errors import DlbhcError
 from .rules.validate import check_deploy
-from .rules.weights import plan_weight_copy
+from .rules.weights import check_model_weights, plan_weight_copy
 
 LATENT_BLOB = "fc8_kevin_encode"
 FC7_BLOB = "fc7"
@@ -391,13 +391,16 @@ class Encoder:
 
     @classmethod
     def from_files(cls, deploy, weights, mean=None, mean_values=None, resize=None, scale=1.0,
-                   backend="auto", batch_size=BATCH_SIZE, progress=False, allow_layers=()):
+                   backend="auto", batch_size=BATCH_SIZE, progress=False, allow_layers=(),
+                   allow_missing_weights=False):
         """An encoder for a deploy prototxt (any Caffe generation) and a caffemodel.
 
         ``mean`` is a .binaryproto path (or a C x H x W array); image files are resized to its
         size, as prepare_batch.m did with the 256 x 256 ImageNet mean. Everything is checked here,
-        before the engine sees it (Caffe aborts the process on a failed CHECK). Layers that write
-        files or run code (HDF5Output, Python) are refused unless ``allow_layers`` names them.
+        before the engine sees it (Caffe aborts the process on a failed CHECK), including that
+        the caffemodel has weights for every learnable layer (``allow_missing_weights`` lets a
+        partial one through; see :mod:`dlbhc_caffe.rules.weights`). Layers that write files or
+        run code (HDF5Output, Python) are refused unless ``allow_layers`` names them.
         """
         deploy, weights = Path(deploy), Path(weights)
         for path, what in ((deploy, "deploy prototxt"), (weights, "caffemodel")):
@@ -412,6 +415,7 @@ class Encoder:
         if shape is None or len(shape) != 4:
             raise EncodeError(f"{deploy}: the input '{input_blob}' needs a 4-D shape "
                               f"(N x C x H x W), got {shape}")
+        check_model_weights(deploy, weights, allow_missing=allow_missing_weights)
         transform = Transform(crop=shape[2:], resize=resize, mean=_mean_array(mean),
                               mean_values=mean_values, scale=scale, channels=shape[1])
         from . import backends  # noqa: PLC0415
@@ -430,7 +434,8 @@ class Encoder:
                    batch_size=batch_size, progress=progress)
 
     @classmethod
-    def from_run(cls, run_dir, backend="auto", batch_size=BATCH_SIZE, progress=False):
+    def from_run(cls, run_dir, backend="auto", batch_size=BATCH_SIZE, progress=False,
+                 allow_missing_weights=False):
         """An encoder for a training run folder (run.json, deploy.prototxt, final.caffemodel,
         and the TEST transform of train_val.prototxt; see :func:`run_settings`). Any backend runs
         any run's files; ``backend`` picks the engine.
@@ -439,7 +444,8 @@ class Encoder:
         return cls.from_files(settings["deploy"], settings["weights"], mean=settings["mean"],
                               mean_values=settings["mean_values"], resize=settings["resize"],
                               scale=settings["scale"], backend=backend,
-                              batch_size=batch_size, progress=progress)
+                              batch_size=batch_size, progress=progress,
+                              allow_missing_weights=allow_missing_weights)
 
     # ------------------------------------------------------------ forward
 

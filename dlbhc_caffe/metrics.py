@@ -372,7 +372,7 @@ def check_report_dir(out_dir, force=False):
     existing = [name for name in REPORT_FILES if os.path.exists(os.path.join(out_dir, name))]
     if existing and not force:
         raise FileExistsError(f"{out_dir} already holds {', '.join(existing)}; choose another "
-                              f"output folder or overwrite with force=True (--force).")
+                              f"output folder or overwrite them with --force")
 
 
 def write_precision_at_k(path, precision):
@@ -388,10 +388,13 @@ def _json_value(value):
     return value
 
 
-def save_report(result, out_dir, *, force=False, label="DLBHC (ours)"):
+def save_report(result, out_dir, *, force=False, label="DLBHC (ours)", baselines=False,
+                title=None):
     """Write precision-at-k.txt, metrics.json and precision-at-k.png into out_dir.
 
-    Refuses to overwrite existing report files unless force. Returns the paths written.
+    ``baselines``: draw the paper's CIFAR-10 baselines in the figure (they mean something only
+    for CIFAR-10; see :func:`dlbhc_caffe.plots.plot_precision_at_k`). Refuses to overwrite
+    existing report files unless force. Returns the paths written.
     """
     from . import plots
 
@@ -404,5 +407,6 @@ def save_report(result, out_dir, *, force=False, label="DLBHC (ours)"):
 
     atomic_write_bytes(paths[1], text.encode("utf-8"))
     with atomic_path(paths[2]) as temp:
-        plots.plot_precision_at_k(result.precision_at_k, temp, label=label)
+        plots.plot_precision_at_k(result.precision_at_k, temp, label=label,
+                                  baselines=baselines, title=title)
     return paths

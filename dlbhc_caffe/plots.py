@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BASELINES_DIR", "load_baselines", "plot_precision_at_k"]
+__all__ = ["BASELINES_DIR", "load_baselines", "plot_precision_at_k", "is_cifar10"]
 
 BASELINES_DIR = Path(__file__).resolve().parent / "data" / "baselines"
 _SUFFIX = "-p-at-k.txt"
@@ -37,11 +37,28 @@ def load_baselines(directory=BASELINES_DIR):
     return baselines
 
 
+def is_cifar10(manifest=None, n_database=None, n_queries=None, labels=None):
+    """True when an evaluation is the paper's CIFAR-10 protocol, where its baselines apply: a
+    prepared dataset whose source is cifar10 (its dataset.json), or -- for codes from files,
+    which name no dataset -- CIFAR-10's 50,000 database and 10,000 query items in 10 classes.
+
+    >>> is_cifar10({"dataset": "cifar10"}), is_cifar10({"dataset": "list"})
+    (True, False)
+    >>> is_cifar10(n_database=50000, n_queries=10000, labels=range(10))
+    True
+    """
+    if manifest is not None:
+        return manifest.get("dataset") == "cifar10"
+    return (n_database, n_queries) == (50000, 10000) and labels is not None \
+        and len(np.unique(np.asarray(list(labels)))) == 10
+
+
 def plot_precision_at_k(precision, path, *, label="DLBHC (ours)", baselines=True, title=None):
     """Save a precision@k figure (k = 1..len(precision)), with the paper's baselines.
 
     ``baselines``: True (the shipped curves), False, or a dict like :func:`load_baselines`'s.
-    The image format follows the file name (.png, .pdf, .svg).
+    The shipped curves are CIFAR-10's at 48 bits: draw them only for CIFAR-10 (see
+    :func:`is_cifar10`). The image format follows the file name (.png, .pdf, .svg).
     """
     from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
 

@@ -61,9 +61,36 @@ def check_run_folder(folder, *, force=False, resume=False):
                                  "start the run without --resume")
         return folder
     if folder.is_dir() and any(folder.iterdir()) and not force:
-        raise RunFolderError(f"run folder {folder} already exists; use --force to start it over "
-                             "(its run files are replaced) or --resume to continue it")
+        earlier = earlier_run(folder)
+        if earlier is None:
+            raise RunFolderError(f"run folder {folder} already exists; use --force to start it "
+                                 "over (its run files are replaced) or --resume to continue it")
+        raise RunFolderError(f"run folder {folder} holds a run that {earlier}")
     return folder
+
+
+def earlier_run(folder):
+    """How the run in `folder` ended and how to go on, from its run.json's status (None when
+    it has no readable run.json): the words after "holds a run that"."""
+    import json  # noqa: PLC0415
+
+    try:
+        record = json.loads((Path(folder) / "run.json").read_text())
+        status = str(record.get("status"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    can_resume = any(Path(folder).glob("*_iter_*.solverstate"))
+    ended = {"failed": "failed" + (f" ({record['error']})" if record.get("error") else ""),
+             "interrupted": "was interrupted",
+             "running": "stopped without finishing (run.json says running: killed, or still "
+                        "training elsewhere?)",
+             "completed": "completed"}.get(status, f"ended with status {status}")
+    if status == "completed":
+        return f"{ended}; use --force to train it again (its run files are replaced)"
+    if can_resume:
+        return (f"{ended}; continue it from its latest snapshot with --resume, or start it over "
+                f"with --force (its run files are replaced)")
+    return f"{ended} before its first snapshot; start it over with --force"
 
 
 def clear_run_folder(folder):

@@ -10,8 +10,8 @@
 #
 # Expected: mAP@1000 about 0.897 (the authors' released 48-bit model gives 0.8973732 in this
 # evaluation; a retrained model lands near it, not on it). Time: the training is 1.6 M images
-# forward and backward plus the tests -- hours on a GPU, about a day and a half on this 2-core CPU
-# (Caffe here: about 20 images/s; benchmarks/bench_throughput.py measures your machine).
+# forward and backward plus the tests -- hours on a GPU, days to weeks on a 2-core CPU (the
+# README's Benchmarks; benchmarks/bench_throughput.py measures your machine).
 #
 # Each step is skipped when its output exists (data/cifar10/dataset.json, the weights,
 # RUN/final.caffemodel); an interrupted training (Ctrl-C: it snapshots) is resumed from its latest
@@ -22,7 +22,8 @@
 #   PY                   Python (default .venv/bin/python)
 #   DLBHC_DATA           data folder (default data)
 #   DLBHC_RUN            run folder (default runs/cifar10_kevinnet_48)
-#   DLBHC_GPU            GPU id, or "cpu" (default 0)
+#   DLBHC_GPU            GPU id, or "cpu" (default 0; without a usable GPU the recipe stops
+#                        before it starts, saying so: DLBHC_GPU=cpu runs it on the CPU on purpose)
 #   DLBHC_BACKEND        auto | caffe | torch (default: torch on a GPU -- the Caffe that
 #                        scripts/build_caffe.sh builds is CPU_ONLY -- and auto on the CPU)
 #   DLBHC_MAX_ITER       training iterations (default 50000, the paper's)
@@ -64,6 +65,24 @@ read -r -a TRAIN_ARGS <<< "${DLBHC_TRAIN_ARGS:-}"
 say() { echo "[paper] $*"; }
 [ -x "$PY" ] || { echo "[paper] no Python at $PY: run \`make setup\` first" >&2; exit 1; }
 start=$(date +%s)
+
+# 0. what it costs, and the GPU it needs, before anything is downloaded or written
+say "cost: CIFAR-10 as 60,000 raw 256x256 records: about 12 GB in $DATA (after a 163 MB"
+say "  download, and 233 MB of CaffeNet weights); training: $MAX_ITER iterations x $BATCH images ="
+say "  $(( MAX_ITER * BATCH )) images forward and backward: minutes to hours on a GPU,"
+say "  days on a CPU (this project's 2-core CPU: a few images/s, see the README's Benchmarks)"
+if [ "$GPU" != cpu ]; then
+  if ! why=$("$PY" -c "import sys; from dlbhc_caffe import backends
+try:
+    backends.get(sys.argv[1]).check_device(int(sys.argv[2]))
+except (ImportError, ValueError) as err:
+    sys.exit(str(err))" "$BACKEND" "$GPU" 2>&1); then
+    echo "[paper] no usable GPU $GPU for backend $BACKEND: ${why##*$'\n'}" >&2
+    echo "[paper] nothing was started. To run the recipe on the CPU on purpose (days):" >&2
+    echo "[paper]   DLBHC_GPU=cpu make paper" >&2
+    exit 2
+  fi
+fi
 
 # 1. data and weights
 if [ -f "$DATA/cifar10/dataset.json" ]; then

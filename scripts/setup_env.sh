@@ -48,7 +48,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 # Always: rebuilds the Cython extension when its sources changed (cythonize skips otherwise).
-.venv/bin/python -m pip install -q --no-build-isolation --no-deps -e . >/dev/null
+# setuptools prints an "Editable installation" banner on every editable install: shown only
+# when the install fails.
+if ! install_log=$(.venv/bin/python -m pip install -q --no-build-isolation --no-deps -e . 2>&1); then
+  echo "$install_log" >&2
+  echo "[setup] pip install -e . failed" >&2
+  exit 1
+fi
 
 if [ "${DLBHC_NO_CAFFE:-0}" != 1 ]; then
   bash scripts/build_caffe.sh .venv

@@ -114,3 +114,19 @@ def serve_sample(tmp_path_factory):
     model = sample.untrained_model(root / "model")
     index = sample.build_sample_index(root / "images", model, root / "digits.index")
     return {"index": index, "images": root / "images", "model": model}
+
+
+# ---------------------------------------------------------------- reports after the run
+
+_REPORTS = []
+
+
+def report_at_end(config, lines):
+    """Print `lines` in pytest's terminal summary (after the run, not between its dots)."""
+    _REPORTS.append(list(lines))
+
+
+def pytest_terminal_summary(terminalreporter):
+    for lines in _REPORTS:
+        for line in lines:
+            terminalreporter.write_line(line)

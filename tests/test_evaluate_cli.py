@@ -123,7 +123,7 @@ def test_cli_bad_input_names_the_culprit(small_files):
     assert "Traceback" not in done.stderr
     done = evaluate_tool("--db-codes", folder / "db.npz", "--query-codes", folder / "query.npz",
                          "--top-k", 1000)
-    assert done.returncode == 2 and "top_k=1000 is larger than the database" in done.stderr
+    assert done.returncode == 2 and "--top-k 1000 is larger than the database" in done.stderr
     done = evaluate_tool("--db-codes", folder / "missing.npz", "--query-codes",
                          folder / "query.npz")
     assert done.returncode == 2 and "missing.npz: no such file" in done.stderr

@@ -60,12 +60,9 @@ def parity_report(request):
         groups = sorted((v, w) for (c, _), (v, w) in WORST.items() if c == category)
         lines.append(f"  {category:<26} {groups[-1][0]:.3e}  ({groups[-1][1]})")
         lines += [f"    {'':<24} {v:.3e}  ({w})" for v, w in reversed(groups[:-1])]
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if capture is not None:
-        with capture.global_and_fixture_disabled():
-            print("\n".join(lines))
-    else:
-        print("\n".join(lines))
+    from conftest import report_at_end  # noqa: PLC0415
+
+    report_at_end(request.config, lines)  # in pytest's summary, not between the dots
 
 
 @pytest.fixture(autouse=True)

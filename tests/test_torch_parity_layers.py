@@ -86,14 +86,16 @@ PER_TYPE = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def per_type_report():
+def per_type_report(request):
     yield
     lines = ["", "new layers vs real Caffe: largest relative difference per type "
              "(forward tops / backward bottom and param diffs)"]
     for kind in NEW_TYPES:
         fwd, bwd = PER_TYPE.get((kind, "forward"), 0.0), PER_TYPE.get((kind, "backward"))
         lines.append(f"  {kind:<26} {fwd:.1e}  {'-' if bwd is None else f'{bwd:.1e}'}")
-    print("\n".join(lines))
+    from conftest import report_at_end  # noqa: PLC0415
+
+    report_at_end(request.config, lines)  # in pytest's summary, not between the dots
 
 
 def record(kind, direction, value):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prepare a dataset (and/or CaffeNet's weights) for training: data/<name>/ as design.md defines.
+"""Prepare a dataset (and/or CaffeNet's weights) for training: data/<name>/ with dataset.json.
 
     python tools/prepare.py --dataset digits                     # offline, seconds
     python tools/prepare.py --dataset cifar10                    # the paper's data, ~12 GB raw

@@ -17,7 +17,7 @@ from .io import (ProtoError, array_to_blob, atomic_write_bytes, blob_shape, blob
                  write_blob, write_message, write_text)
 from .netstate import filter_net, phase_value, state_meets_rule
 from .upgrade import (KNOWN_LAYER_TYPES, UpgradeWarning, check_layer_types, net_needs_upgrade, upgrade_net,
-                      upgrade_solver)
+                      solver_needs_upgrade, text_kind, upgrade_solver)
 
 
 def read_net(path, upgrade=True):
@@ -29,7 +29,7 @@ def read_net(path, upgrade=True):
 def read_solver(path, upgrade=True):
     """A SolverParameter from a solver prototxt (solver_type upgraded to `type`)."""
     solver = read_message(path, pb.SolverParameter)
-    return upgrade_solver(solver) if upgrade else solver
+    return upgrade_solver(solver, source=str(path)) if upgrade else solver
 
 
 def read_solverstate(path):
@@ -42,5 +42,5 @@ __all__ = [
     "read_message", "write_text", "write_binary", "write_message", "parse_text", "format_text",
     "read_blob", "write_blob", "check_blob_values", "read_mean", "blob_to_array", "array_to_blob", "blob_shape",
     "datum_from_array", "datum_to_array", "atomic_write_bytes", "is_binary_path", "upgrade_net",
-    "upgrade_solver", "UpgradeWarning", "filter_net", "phase_value", "state_meets_rule", "net_needs_upgrade", "check_layer_types", "KNOWN_LAYER_TYPES",
+    "upgrade_solver", "solver_needs_upgrade", "text_kind", "UpgradeWarning", "filter_net", "phase_value", "state_meets_rule", "net_needs_upgrade", "check_layer_types", "KNOWN_LAYER_TYPES",
 ]

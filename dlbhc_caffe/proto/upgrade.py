@@ -4,8 +4,9 @@ The rules are Caffe's own (src/caffe/util/upgrade_proto.cpp), applied in its ord
 V0 -> V1 (fold `padding` layers into the next convolution or pooling, flat fields into their
 layer parameters), V1 data-layer transformation fields -> transform_param, V1 -> current (enum
 types -> type strings, blobs_lr / weight_decay -> ParamSpec lr_mult / decay_mult), net-level
-input / input_dim / input_shape -> an Input layer, BatchNorm's obsolete param specs dropped.
-The tests hold the result against Caffe's upgrade_net_proto_text.
+input / input_dim / input_shape -> an Input layer, BatchNorm's obsolete param specs dropped;
+for solvers, the solver_type enum -> the type string (UpgradeSolverType). The tests hold the
+results against Caffe's upgrade_net_proto_text and upgrade_solver_proto_text.
 """
 import warnings
 
@@ -342,13 +343,56 @@ def check_layer_types(net, known=KNOWN_LAYER_TYPES):
             _fail(layer.name, f"unknown layer type '{layer.type}'")
 
 
-def upgrade_solver(solver):
-    """Caffe's UpgradeSolverType: the deprecated solver_type enum becomes the `type` string."""
+def solver_needs_upgrade(solver):
+    """Caffe's SolverNeedsTypeUpgrade: the deprecated solver_type enum is set."""
+    return solver.HasField("solver_type")
+
+
+def upgrade_solver(solver, source="<solver>"):
+    """Caffe's UpgradeSolverType: the deprecated solver_type enum becomes the `type` string.
+
+    As in Caffe, giving both is an error (Caffe aborts: "old solver_type field (enum) and new
+    type field (string) cannot be both specified"), even when they agree.
+    """
     out = pb.SolverParameter()
     out.CopyFrom(solver)
     if out.HasField("solver_type"):
-        if out.HasField("type") and out.type != SOLVER_TYPES[out.solver_type]:
-            raise ProtoError(f"solver_type {out.solver_type} and type '{out.type}' disagree")
+        if out.HasField("type"):
+            name = pb.SolverParameter.SolverType.Name(out.solver_type)
+            raise ProtoError(f"{source}: solver_type: {name} and type: \"{out.type}\" are both "
+                             f"given; keep only type: \"{SOLVER_TYPES[out.solver_type]}\" (Caffe "
+                             f"refuses both)")
         out.type = SOLVER_TYPES[out.solver_type]
         out.ClearField("solver_type")
     return out
+
+
+def _field_names(message_type):
+    return {f.name for f in message_type.DESCRIPTOR.fields}
+
+
+def text_kind(text, path="<string>"):
+    """"net" or "solver": what a prototxt's text is, told by its content (Caffe's tools are told
+    by their name). A net parses as a NetParameter; a solver as a SolverParameter. Raises the
+    ProtoError of the kind the first unknown field name points to when it is neither.
+
+    >>> text_kind('layer { name: "a" type: "ReLU" }'), text_kind('net: "n.prototxt" base_lr: 1')
+    ('net', 'solver')
+    """
+    from .io import parse_text  # noqa: PLC0415
+
+    errors = {}
+    for kind, message_type in (("net", pb.NetParameter), ("solver", pb.SolverParameter)):
+        try:
+            parse_text(text, message_type(), path)
+            return kind
+        except ProtoError as err:
+            errors[kind] = err
+    net_only = _field_names(pb.NetParameter) - _field_names(pb.SolverParameter)
+    solver_only = _field_names(pb.SolverParameter) - _field_names(pb.NetParameter)
+    for word in (w.rstrip(":{") for w in text.split()):
+        if word in solver_only:
+            raise errors["solver"]
+        if word in net_only:
+            break
+    raise errors["net"]

@@ -7,6 +7,11 @@ shape is fatal. The net's layers that the caffemodel lacks keep their fillers. H
 is done in Python first, so a mismatch is an error naming the layer instead of an abort, and the
 three lists (copied, kept, ignored) can be reported.
 
+Encoding needs more than fitting blobs: a learnable layer that the caffemodel does not name keeps
+its filler -- in a deploy net usually none, so zeros -- and Caffe says nothing, so a caffemodel
+cut short at a layer boundary encodes every image to the same code. `check_model_weights` finds
+that from the files alone (layer names and blob counts), before either engine builds the net.
+
 >>> import numpy as np, tempfile, os
 >>> from dlbhc_caffe import proto
 >>> model = proto.pb.NetParameter()
@@ -127,3 +132,93 @@ def copy_weights(nets, weights):
     for net in nets:
         net.copy_from(str(weights))
     return plans[0]
+
+
+# ---------------------------------------------------------------- complete weights for encoding
+
+ALLOW_FLAG = "--allow-missing-weights"
+
+
+class MissingWeightsError(WeightsError):
+    """A caffemodel without weights for some learnable layers of the net it is used with."""
+
+
+def _bias(param):
+    return 1 if param.bias_term else 0
+
+
+# Blobs each learnable layer type owns in Caffe 1.0 (its LayerSetUp); other types own none.
+# Python layers own what their code makes, which cannot be known without running it.
+_BLOBS = {
+    "Convolution": lambda l: 1 + _bias(l.convolution_param),
+    "Deconvolution": lambda l: 1 + _bias(l.convolution_param),
+    "InnerProduct": lambda l: 1 + _bias(l.inner_product_param),
+    "Embed": lambda l: 1 + _bias(l.embed_param),
+    "BatchNorm": lambda l: 3,
+    "PReLU": lambda l: 1,
+    # a second bottom supplies the scale / bias itself
+    "Scale": lambda l: (1 if len(l.bottom) == 1 else 0) + _bias(l.scale_param),
+    "Bias": lambda l: 1 if len(l.bottom) == 1 else 0,
+    # W_xc, b_c, W_hc (+ W_xc_x_static with a third, static bottom)
+    "LSTM": lambda l: 3 + (1 if len(l.bottom) > 2 else 0),
+    # W_xh, b_h, W_hh, W_ho, b_o (+ W_xh_x_static)
+    "RNN": lambda l: 5 + (1 if len(l.bottom) > 2 else 0),
+}
+
+
+def learnable_blob_counts(net, phase="TEST"):
+    """{layer name: blobs Caffe gives it} for the learnable layers of `net` (a NetParameter in
+    the current format) as built in `phase`.
+
+    >>> net = proto.parse_text('''
+    ...   layer { name: "ip" type: "InnerProduct" inner_product_param { num_output: 2 } }
+    ...   layer { name: "s" type: "Scale" bottom: "x" scale_param { bias_term: true } }
+    ...   layer { name: "r" type: "ReLU" }''', proto.pb.NetParameter())
+    >>> learnable_blob_counts(net)
+    {'ip': 2, 's': 2}
+    """
+    net = proto.filter_net(net, phase)
+    return {layer.name: _BLOBS[layer.type](layer) for layer in net.layer
+            if layer.type in _BLOBS and _BLOBS[layer.type](layer)}
+
+
+def missing_weights(net, model, phase="TEST"):
+    """(missing, mismatched) for NetParameters `net` and `model` (a read caffemodel): the
+    learnable layers of `net` that `model` has no blobs for, and "name (N in the weights, M in
+    the net)" for layers whose blob counts differ (which Caffe refuses)."""
+    have = {}
+    for layer in model.layer:  # Caffe copies from the first layer of a name it meets
+        have.setdefault(layer.name, len(layer.blobs))
+    missing, mismatched = [], []
+    for name, count in learnable_blob_counts(net, phase).items():
+        blobs = have.get(name, 0)
+        if blobs == 0:
+            missing.append(name)
+        elif blobs != count:
+            mismatched.append(f"{name} ({blobs} in the weights, {count} in the net)")
+    return missing, mismatched
+
+
+def check_model_weights(net_path, weights_path, allow_missing=False, phase="TEST"):
+    """Raise MissingWeightsError unless caffemodel `weights_path` holds weights for every
+    learnable layer of the net in `net_path` (any Caffe generation; both are read here).
+
+    ``allow_missing`` lets missing layers through (they keep their fillers, as in Caffe); a
+    blob-count mismatch is always an error, since Caffe aborts on it. Returns the missing layers.
+    """
+    try:
+        net, model = proto.read_net(net_path), proto.read_net(weights_path)
+    except proto.ProtoError as err:
+        raise MissingWeightsError(str(err)) from None
+    missing, mismatched = missing_weights(net, model, phase)
+    if mismatched:
+        raise MissingWeightsError(f"{weights_path}: blob counts differ from {net_path} for "
+                                  f"layer(s) {', '.join(mismatched)}; give the caffemodel "
+                                  f"trained with this net")
+    if missing and not allow_missing:
+        raise MissingWeightsError(
+            f"{weights_path} has no weights for learnable layer(s) {', '.join(missing)} of "
+            f"{net_path}: they would keep their fillers and the codes would mean nothing (a "
+            f"caffemodel cut short?); give the complete caffemodel, or {ALLOW_FLAG} to use it "
+            f"anyway")
+    return missing

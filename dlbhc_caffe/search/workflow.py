@@ -86,11 +86,12 @@ class Model:
     def to_meta(self):
         return asdict(self)
 
-    def encoder(self, backend="auto", batch_size=10, progress=False):
+    def encoder(self, backend="auto", batch_size=10, progress=False,
+                allow_missing_weights=False):
         return Encoder.from_files(self.deploy, self.weights, mean=self.mean,
                                   mean_values=self.mean_values, resize=self.resize,
                                   scale=self.scale, backend=backend, batch_size=batch_size,
-                                  progress=progress)
+                                  progress=progress, allow_missing_weights=allow_missing_weights)
 
 
 # ---------------------------------------------------------------- image sources
@@ -202,9 +203,22 @@ def format_results(names, results, query_labels=None):
     return lines
 
 
-def montage_rows(query_images, results, query_labels=None, picture_of=None, query_names=None):
+def label_text(label, class_names=None):
+    """A label as captions show it: its class name when the dataset has names, else the number.
+
+    >>> label_text(1, ["cat", "dog"]), label_text(1)
+    ('dog', 'label 1')
+    """
+    if class_names is not None and 0 <= int(label) < len(class_names):
+        return str(class_names[int(label)])
+    return f"label {label}"
+
+
+def montage_rows(query_images, results, query_labels=None, picture_of=None, query_names=None,
+                 class_names=None):
     """Rows for :func:`dlbhc_caffe.montage.write_montage`: each query and its hits, captioned
-    with rank, distance(s) and label, framed green / red when the labels agree or not.
+    with rank, distance(s) and label (its class name when `class_names` are given), framed green
+    / red when the labels agree or not.
 
     picture_of(hit) gives a hit's picture (default: the file at its path, or a blank tile).
     """
@@ -220,14 +234,14 @@ def montage_rows(query_images, results, query_labels=None, picture_of=None, quer
         q_label = None if query_labels is None else int(query_labels[i])
         caption = "query" if query_names is None else str(query_names[i])[:16]
         if q_label is not None:
-            caption += f"\nlabel {q_label}"
+            caption += f"\n{label_text(q_label, class_names)[:16]}"
         tiles = []
         for hit in hits:
             text = f"#{hit.rank} dH={hit.hamming}"
             if hit.euclidean is not None:
                 text += f"\nfc7 {hit.euclidean:.2f}"
             if hit.label is not None:
-                text += f"\nlabel {hit.label}"
+                text += f"\n{label_text(hit.label, class_names)[:16]}"
             match = None if q_label is None or hit.label is None else hit.label == q_label
             tiles.append(Tile(picture_of(hit), text, match))
         rows.append((Tile(query_images[i], caption), tiles))

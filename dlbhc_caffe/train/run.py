@@ -298,23 +298,30 @@ def _train_run(plan, *, weights=None, backend="auto", gpu=None, resume=None, for
                 record["status"] = "interrupted"
                 last = result.last_snapshot
                 if last is not None:
-                    record["resume_command"] = shlex.join(_resume_argv(command, last[1]))
+                    record["resume_command"] = resume_command(command, last[1])
+                    if echo is not None:
+                        echo(f"Continue with: {record['resume_command']}")
             else:
                 record["status"] = "completed"
         _write_json(record_path, record)
     return result
 
 
-def _resume_argv(command, state):
-    """`command` with --resume STATE instead of --force / --resume X."""
+def resume_command(command, state, cwd=None):
+    """A shell command line that continues the run: `command` (an argv whose first item is the
+    script) with --resume STATE instead of --force / --resume X / --weights X (a resumed run
+    takes the snapshot's weights), run by this Python from `cwd` (default: here), so it works
+    as printed from anywhere."""
     out, args = [], list(command)
     while args:
         arg = args.pop(0)
-        if arg == "--resume" and args and not args[0].startswith("-"):
+        if arg in ("--resume", "--weights") and args and not args[0].startswith("-"):
             args.pop(0)
-        if arg in ("--force", "--resume") or arg.startswith("--resume="):
+        if arg in ("--force", "--resume", "--weights") or arg.startswith(("--resume=",
+                                                                           "--weights=")):
             continue
         out.append(arg)
     if out and out[0].endswith(".py"):
-        out.insert(0, "python")
-    return out + ["--resume", str(state)]
+        out.insert(0, sys.executable)
+    return (f"cd {shlex.quote(str(cwd or os.getcwd()))} && "
+            + shlex.join(out + ["--resume", str(state)]))
