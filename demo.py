@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dlbhc_caffe import cli  # noqa: E402
 from dlbhc_caffe.demo import DemoOptions, run  # noqa: E402
-from dlbhc_caffe.features import EncodeError  # noqa: E402
+from dlbhc_caffe.encode import EncodeError, add_model_options  # noqa: E402
 from dlbhc_caffe.proto import ProtoError  # noqa: E402
 from dlbhc_caffe.search import DEFAULT_RADIUS, IndexFormatError  # noqa: E402
 
@@ -39,18 +39,8 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 2)[2])
-    g = p.add_argument_group("your model and images (otherwise: the digits default)")
-    g.add_argument("--deploy", metavar="PROTOTXT", help="deploy prototxt (V0, V1 or current)")
-    g.add_argument("--model", metavar="CAFFEMODEL", help="the trained weights")
-    g.add_argument("--run", metavar="DIR", help="a training run folder instead of --deploy/--model"
-                                                " (with the digits default: use this run)")
-    mean = g.add_mutually_exclusive_group()
-    mean.add_argument("--mean", metavar="BINARYPROTO",
-                      help="mean file (BGR); images are resized to its size, then centre-cropped")
-    mean.add_argument("--mean-value", metavar="V[,V,V]",
-                      type=lambda t: [float(v) for v in t.split(",")], help="mean value(s), BGR")
-    g.add_argument("--resize", type=int, metavar="N",
-                   help="resize images to N x N (default: the mean's size, else the input's)")
+    g = add_model_options(p, "your model and images (otherwise: the digits default; --run "
+                             "with the digits default: use this run)")
     g.add_argument("--list", metavar="FILE", help="image list: `path` or `path label` a line")
     g.add_argument("--query", metavar="IMAGE", help="query image (default: the list's first)")
     g.add_argument("--allow-missing-weights", action="store_true",

@@ -21,10 +21,12 @@ Every error names the file it is about.
 >>> codes.tolist(), labels.tolist()
 ([[0, 1], [1, 1]], [3, 7])
 """
-import importlib
 import os
 
 import numpy as np
+
+from . import search
+from .hamming import unpack_codes
 
 __all__ = ["load_codes", "load_features", "load_labels", "load_set"]
 
@@ -94,17 +96,6 @@ def _pick_mat_variable(path, variables, preferred, what):
 
 
 def _read_index(path):
-    try:
-        search = importlib.import_module("dlbhc_caffe.search")
-    except ModuleNotFoundError as err:
-        if err.name != "dlbhc_caffe.search":
-            raise
-        raise ValueError(f"{path}: reading an .index file needs dlbhc_caffe.search, which this "
-                         f"installation lacks; save the codes as .npz (codes, labels) instead."
-                         ) from err
-    if not hasattr(search, "load_index"):
-        raise ValueError(f"{path}: dlbhc_caffe.search has no load_index(path); cannot read an "
-                         f".index file.")
     index = search.load_index(path)
 
     def field(name):
@@ -117,8 +108,6 @@ def _read_index(path):
         bits = field("bits")
         if bits is None:
             raise ValueError(f"{path}: the index holds packed codes but no bit count ('bits').")
-        from .hamming import unpack_codes
-
         codes = unpack_codes(codes, int(bits))
     return {"codes": codes, "labels": field("labels"), "fc7": field("fc7")}
 

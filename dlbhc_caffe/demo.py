@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics, montage
-from .features import EncodeError, Encoder, encode_dataset
+from . import datasets, metrics, montage, runs, train
+from .encode import EncodeError, Encoder, Model, encode_dataset, resolve_model
 from .proto import atomic_write_bytes
 from .search import DEFAULT_RADIUS, workflow
 
@@ -34,6 +34,7 @@ class DemoOptions:
     mean: str = None
     mean_value: list = None
     resize: int = None
+    scale: float = None
     list: str = None
     query: str = None
     k: int = 10
@@ -73,8 +74,6 @@ def save_features(features, out, stem):
 # ---------------------------------------------------------------- the digits default
 
 def prepare_digits(root, force, quiet):
-    from dlbhc_caffe import datasets  # noqa: PLC0415
-
     if not force:
         try:
             return datasets.load_manifest(root, DATASET)
@@ -82,12 +81,6 @@ def prepare_digits(root, force, quiet):
             pass
     say(f"[demo] preparing {DATASET} in {root}/{DATASET}")
     return datasets.prepare(DATASET, root, force=force, progress=not quiet)
-
-
-def finished_run(run_dir):
-    """True when run_dir holds a finished training run (run.json and the final model)."""
-    run_dir = Path(run_dir)
-    return (run_dir / "run.json").is_file() and (run_dir / "final.caffemodel").is_file()
 
 
 def demo_argv():
@@ -101,27 +94,23 @@ def train_default(root, backend, force, quiet, resume=None):
     """runs/digits_small_12: reused when finished, else trained as `tools/train.py --dataset
     digits --net small --bits 12 --max-iter 600 --seed 1` would (continued from a snapshot with
     `resume`). Returns the run folder, or the TrainResult of a training a signal stopped."""
-    from dlbhc_caffe import runs  # noqa: PLC0415
-
     plan = runs.plan_run(dataset=DATASET, root=root, net=NET, bits=BITS, max_iter=MAX_ITER,
                          seed=SEED)
-    if finished_run(plan.folder) and not force:
+    if runs.is_finished(plan.folder) and not force:
         say(f"[demo] reusing the trained model in {plan.folder}"
             + (" (finished: nothing to resume)" if resume else ""))
         return plan.folder
     if plan.folder.exists() and any(plan.folder.iterdir()) and not force and not resume:
         earlier = runs.earlier_run(plan.folder) or "did not finish"
         raise EncodeError(f"{plan.folder} holds a run that {earlier}")
-    from dlbhc_caffe import train  # noqa: PLC0415
-
     say(f"[demo] {'continuing' if resume else 'training'} the {NET} net at {BITS} bits on "
         f"{DATASET} in {plan.folder}")
     result = train.train_run(plan, backend=backend, force=force, resume=resume, root=root,
                              progress=not quiet, argv=demo_argv())
     if result.interrupted:
         return result
-    if not finished_run(plan.folder):
-        raise EncodeError(f"training did not finish: no final.caffemodel in {plan.folder}")
+    if not runs.is_finished(plan.folder):
+        raise EncodeError(f"training did not finish: no {runs.FINAL_MODEL} in {plan.folder}")
     return plan.folder
 
 
@@ -133,9 +122,7 @@ def digits_demo(opts):
     run_dir = Path(opts.run) if opts.run else train_default(opts.root, opts.backend, opts.force,
                                                             opts.quiet, opts.resume)
     if not isinstance(run_dir, Path):  # a signal stopped the training: its exit code
-        from dlbhc_caffe import train  # noqa: PLC0415
-
-        return train.exit_code(run_dir)
+            return train.exit_code(run_dir)
     encoder = Encoder.from_run(run_dir, backend=opts.backend, batch_size=100,
                                progress=not opts.quiet,
                                allow_missing_weights=opts.allow_missing_weights)
@@ -146,7 +133,7 @@ def digits_demo(opts):
     if k < 1 or k > len(database):
         raise EncodeError(f"--k {k}: choose 1..{len(database)} (the database size)")
 
-    index = workflow.index_features(database, meta={"model": workflow.Model.from_run(
+    index = workflow.index_features(database, meta={"model": Model.from_run(
         run_dir).to_meta(), "source": {"database": manifest["train_db"]}})
     out.mkdir(parents=True, exist_ok=True)
     saved = save_features(database, out, "database") + save_features(queries, out, "queries")
@@ -181,10 +168,8 @@ def digits_demo(opts):
         f"label: {share:.1%}")
 
     # the montage: the first query of each of a few classes, pictures from the records
-    from dlbhc_caffe.datasets import read_records  # noqa: PLC0415
-
-    db_images, _ = read_records(manifest["train_db"], manifest["backend"])
-    q_images, _ = read_records(manifest["test_db"], manifest["backend"])
+    db_images, _ = datasets.read_records(manifest["train_db"], manifest["backend"])
+    q_images, _ = datasets.read_records(manifest["test_db"], manifest["backend"])
     shown = [int(np.flatnonzero(queries.labels == c)[0])
              for c in np.unique(queries.labels)[:MONTAGE_QUERIES]]
     chosen = fine if opts.fine else results
@@ -206,15 +191,8 @@ def model_demo(opts):
     """A model (run folder, or deploy + caffemodel + mean) over an image list: encode, save,
     index, query one image, montage."""
     out = Path(opts.out)
-    if opts.run and (opts.deploy or opts.model):
-        raise EncodeError("give --run or --deploy/--model, not both")
-    if opts.run:
-        model = workflow.Model.from_run(opts.run)
-    else:
-        if not (opts.deploy and opts.model):
-            raise EncodeError("--deploy and --model go together")
-        model = workflow.Model.from_files(opts.deploy, opts.model, mean=opts.mean,
-                                          mean_values=opts.mean_value, resize=opts.resize)
+    model = resolve_model(opts)
+    if not opts.run:
         if opts.mean is None and opts.mean_value is None:
             say("[demo] note: no --mean or --mean-value given: nothing is subtracted (the "
                 "released KevinNet expects the ImageNet mean, imagenet_mean.binaryproto)")

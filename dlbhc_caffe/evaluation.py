@@ -5,10 +5,11 @@
 >>> callable(evaluation.encode_for_evaluation)
 True
 """
-import json
 from pathlib import Path
 
-from .features import EncodeError, Encoder, encode_dataset
+from . import backends, runs
+from .datasets import load_manifest
+from .encode import EncodeError, Encoder, encode_dataset
 
 SAVED = ("database.npz", "queries.npz")
 
@@ -16,8 +17,6 @@ SAVED = ("database.npz", "queries.npz")
 def _engine(backend, gpu):
     """The backend module, in GPU or CPU mode before any net is built (nets pick their device
     when built)."""
-    from . import backends  # noqa: PLC0415
-
     engine = backends.get(backend)
     if gpu is None:
         engine.set_mode_cpu()
@@ -31,16 +30,10 @@ def dataset_manifest(run=None, dataset=None, root="data"):
     """The prepared dataset to evaluate on: `dataset` in `root`, else the one the training run
     `run` was trained on (its run.json). Cheap: read before any encoding, so the database size
     (``train_count``) can be checked against the k asked for."""
-    from .datasets import load_manifest  # noqa: PLC0415
-
     if dataset is not None:
         return load_manifest(root, dataset)
-    record_path = Path(run) / "run.json" if run is not None else None
-    if record_path is not None and record_path.is_file():
-        try:
-            record = json.loads(record_path.read_text())
-        except ValueError as err:
-            raise EncodeError(f"{record_path}: not readable JSON ({err})") from None
+    if run is not None and (Path(run) / runs.RUN_JSON).is_file():
+        record = runs.read_record(run)
         if record.get("dataset_manifest_path"):
             return load_manifest(record["dataset_manifest_path"])
     raise EncodeError("name the prepared dataset to evaluate on (--dataset NAME)")
@@ -58,12 +51,12 @@ def check_saved(out, force=False):
 def encode_for_evaluation(run=None, deploy=None, model=None, mean=None, scale=1.0, dataset=None,
                           root="data", backend="auto", gpu=None, batch_size=100, out=None,
                           force=False, progress=True, allow_missing_weights=False,
-                          manifest=None):
+                          manifest=None, mean_values=None):
     """(database, queries) Features of a dataset's train and test splits through a model.
 
     The model is a training run folder (`run`), or `deploy` + `model` (+ `mean`, the mean file it
-    was trained with, and `scale`, its transform_param.scale). The dataset is `manifest` (as
-    :func:`dataset_manifest` gives it), else found from `dataset` / the run. With `out`, the
+    was trained with, or its `mean_values`, and `scale`, its transform_param.scale). The dataset
+    is `manifest` (as :func:`dataset_manifest` gives it), else found from `dataset` / the run. With `out`, the
     features are also saved there as database.npz and queries.npz (refused when present, unless
     `force`), once both are encoded.
     """
@@ -76,7 +69,8 @@ def encode_for_evaluation(run=None, deploy=None, model=None, mean=None, scale=1.
         encoder = Encoder.from_run(run, backend=engine.name, batch_size=batch_size,
                                    progress=progress, allow_missing_weights=allow_missing_weights)
     else:
-        encoder = Encoder.from_files(deploy, model, mean=mean, scale=scale, backend=engine.name,
+        encoder = Encoder.from_files(deploy, model, mean=mean, mean_values=mean_values,
+                                     scale=1.0 if scale is None else scale, backend=engine.name,
                                      batch_size=batch_size, progress=progress,
                                      allow_missing_weights=allow_missing_weights)
     database, queries = encode_dataset(encoder, manifest)

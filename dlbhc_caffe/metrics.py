@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import hamming
+from . import hamming, plots
 from .fileio import atomic_path, atomic_write_bytes
 from .hamming import _hamming
 
@@ -396,8 +396,6 @@ def save_report(result, out_dir, *, force=False, label="DLBHC (ours)", baselines
     for CIFAR-10; see :func:`dlbhc_caffe.plots.plot_precision_at_k`). Refuses to overwrite
     existing report files unless force. Returns the paths written.
     """
-    from . import plots
-
     os.makedirs(out_dir, exist_ok=True)
     check_report_dir(out_dir, force)
     paths = [os.path.join(out_dir, name) for name in REPORT_FILES]

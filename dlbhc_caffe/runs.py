@@ -1,24 +1,33 @@
 """Run folders: runs/<dataset>_<net>_<bits>/ with the nets, the solver, snapshots and logs.
 
+This module is the one owner of a run folder's layout: every other module takes the file names
+below from here, and reads a run through `read_record` / `run_settings` / `is_finished`.
 A run folder holds train_val.prototxt, deploy.prototxt, solver.prototxt (absolute paths inside,
 since Caffe resolves them against its working directory), the snapshots
 <prefix>_iter_N.caffemodel / .solverstate, final.caffemodel, log.txt, run.json and loss.png.
 An existing folder is refused unless the user asks to start it over (force) or to continue
-it (resume).
+it (resume). docs/run-folder.md describes run.json.
 
 >>> default_run_name("cifar10", "kevinnet", 48)
 'cifar10_kevinnet_48'
 """
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import netgen
 from .errors import DlbhcError
+from .proto import ProtoError, filter_net, read_net
 
 RUNS_ROOT = Path("runs")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN_VAL, DEPLOY, SOLVER = netgen.NET_FILES  # written by netgen.write_net_files
+RUN_JSON = "run.json"
+LOG = "log.txt"
+LOSS_PLOT = "loss.png"
+FINAL_MODEL = "final.caffemodel"
 # Files a run writes; --force removes exactly these (and snapshots), nothing else.
-RUN_FILES = netgen.NET_FILES + ("run.json", "log.txt", "loss.png", "final.caffemodel")
+RUN_FILES = netgen.NET_FILES + (RUN_JSON, LOG, LOSS_PLOT, FINAL_MODEL)
 SNAPSHOT_PATTERNS = ("*_iter_*.caffemodel", "*_iter_*.solverstate")
 
 
@@ -56,7 +65,7 @@ def check_run_folder(folder, *, force=False, resume=False):
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"{folder} exists and is not a folder; choose another --out")
     if resume:
-        if not (folder / "solver.prototxt").is_file():
+        if not (folder / SOLVER).is_file():
             raise RunFolderError(f"{folder}: nothing to resume (no solver.prototxt there); "
                                  "start the run without --resume")
         return folder
@@ -144,3 +153,96 @@ def write_net_files(plan, *, force=False):
     if force and plan.folder.is_dir():
         clear_run_folder(plan.folder)
     return netgen.write_net_files(plan.spec, plan.solver, plan.folder)
+
+
+# ---------------------------------------------------------------- reading a run
+
+def read_record(run_dir):
+    """The parsed run.json of `run_dir`; RunFolderError when it is missing or not JSON."""
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_JSON
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir}: not a training run (no {RUN_JSON}); train one with "
+                             f"tools/train.py, or give the deploy, model and mean")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunFolderError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(record, dict):
+        raise RunFolderError(f"{path}: not a run record (a JSON object)")
+    return record
+
+
+def is_finished(run_dir):
+    """True when `run_dir` holds a finished training run (run.json and the final model)."""
+    run_dir = Path(run_dir)
+    return (run_dir / RUN_JSON).is_file() and (run_dir / FINAL_MODEL).is_file()
+
+
+def _first(mapping, *keys):
+    for key in keys:
+        if isinstance(mapping, dict) and mapping.get(key) not in (None, ""):
+            return mapping[key]
+    return None
+
+
+def data_transform_param(train_val, phase="TEST"):
+    """The transform_param of a train_val's data layer in `phase` (None when there is none):
+    the first layer with one among the layers the net has in that phase (proto.filter_net)."""
+    for layer in filter_net(read_net(train_val), phase).layer:
+        if layer.HasField("transform_param"):
+            return layer.transform_param
+    return None
+
+
+def run_settings(run_dir):
+    """What encoding needs from a training run folder.
+
+    The net is run.json's deploy and final_model (by default deploy.prototxt and
+    final.caffemodel in the folder); the transform is the TEST-phase data layer's transform_param
+    in its train_val (mean file or values, scale) -- what the net saw while it was tested -- or
+    else run.json's ``mean`` ({file, values, scale}). Image files are resized to the mean file's
+    size, else to the dataset's record size (run.json's ``record_shape``).
+
+    Returns a dict: deploy, weights, mean (a path or None), mean_values, resize, scale, backend,
+    bits, run (the parsed run.json).
+    """
+    run_dir = Path(run_dir)
+    run = read_record(run_dir)
+
+    def resolve(value):
+        if value in (None, ""):
+            return None
+        path = Path(str(value))
+        return path if path.is_absolute() else run_dir / path
+
+    deploy = resolve(_first(run, "deploy")) or run_dir / DEPLOY
+    weights = resolve(_first(run, "final_model")) or run_dir / FINAL_MODEL
+    if not Path(weights).is_file():
+        status = run.get("status")
+        raise RunFolderError(f"{weights}: no such caffemodel; the run in {run_dir} has not "
+                             f"finished" + (f" (status: {status})" if status else ""))
+    train_val = resolve(_first(run, "train_val")) or run_dir / TRAIN_VAL
+    try:
+        param = data_transform_param(train_val) if train_val.is_file() else None
+    except ProtoError as err:
+        raise RunFolderError(f"{run_dir}: {err}") from None
+    if param is not None:
+        mean_file = param.mean_file or None
+        mean_values = tuple(param.mean_value) or None
+        scale = param.scale
+    else:  # run.json's record of it
+        mean = run.get("mean") if isinstance(run.get("mean"), dict) else {}
+        mean_file = _first(mean, "file")
+        mean_values = _first(mean, "values")
+        scale = float(_first(mean, "scale") or 1.0)
+    if mean_file is not None:
+        mean_file = resolve(mean_file)
+    manifest = run.get("dataset_manifest") if isinstance(run.get("dataset_manifest"), dict) else {}
+    resize = None
+    shape = _first(run, "record_shape") or _first(manifest, "record_shape")
+    if mean_file is None and shape is not None and len(shape) == 3:
+        resize = (int(shape[1]), int(shape[2]))
+    return {"deploy": Path(deploy), "weights": Path(weights), "mean": mean_file,
+            "mean_values": mean_values, "resize": resize, "scale": scale,
+            "backend": run.get("backend") or "auto", "bits": run.get("bits"), "run": run}

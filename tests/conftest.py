@@ -2,6 +2,13 @@
 
 Tests that need the original project's files (../shared/fixtures/cvprw15) or real Caffe skip with
 the reason on a developer machine that lacks them, and fail under CI=true, where both must exist.
+Every skip goes through `unavailable` (tests/test_suite_rules.py enforces it); only a skip that
+depends on this machine's hardware (a CPU feature, a GPU), which CI cannot choose, may skip there.
+
+Markers follow the fixtures a test uses (`pytest_collection_modifyitems`): a test that uses real
+Caffe (the `caffe`, `caffe_pb2`, `caffe_tools` or `trained_small_run` fixture, directly or through
+another fixture) is marked `caffe`, one that uses `fixtures_dir` is marked `fixtures`, so
+`-m "not caffe"` selects exactly the tests that run without the Caffe build.
 """
 import os
 from pathlib import Path
@@ -13,17 +20,33 @@ FIXTURES = ROOT.parent / "shared" / "fixtures" / "cvprw15"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def _unavailable(reason):
-    if IN_CI:
+def unavailable(reason, *, hardware=False):
+    """Skip with `reason`; under CI=true fail instead, unless `hardware` (the skip depends on
+    this machine's CPU or GPU, which CI cannot choose)."""
+    if IN_CI and not hardware:
         pytest.fail(f"{reason} (CI=true: required)", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(("hardware: " if hardware else "") + reason)
+
+
+_unavailable = unavailable  # the name the first tests used
+
+# fixture -> the marker every test using it gets (directly or through other fixtures)
+FIXTURE_MARKS = {"caffe": "caffe", "caffe_pb2": "caffe", "caffe_tools": "caffe",
+                 "trained_small_run": "caffe", "fixtures_dir": "fixtures"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in getattr(item, "fixturenames", ()):
+            if name in FIXTURE_MARKS:
+                item.add_marker(FIXTURE_MARKS[name])
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir():
     """../shared/fixtures/cvprw15, the original project's files."""
     if not FIXTURES.is_dir():
-        _unavailable(f"fixtures missing: {FIXTURES}")
+        unavailable(f"fixtures missing: {FIXTURES}")
     return FIXTURES
 
 
@@ -33,7 +56,7 @@ def caffe():
     try:
         import caffe as caffe_module  # noqa: PLC0415 (tests may import caffe directly)
     except ImportError as err:
-        _unavailable(f"real Caffe is not importable ({err}); run `make setup`")
+        unavailable(f"real Caffe is not importable ({err}); run `make setup`")
     return caffe_module
 
 
@@ -54,10 +77,10 @@ def caffe_tools():
     """
     home_file = ROOT / ".venv" / "caffe_home"
     if not home_file.is_file():
-        _unavailable(f"real Caffe's tools are not built ({home_file} is missing); run `make setup`")
+        unavailable(f"real Caffe's tools are not built ({home_file} is missing); run `make setup`")
     tools = Path(home_file.read_text().strip()) / "build" / "tools"
     if not (tools / "upgrade_net_proto_text").is_file():
-        _unavailable(f"no upgrade_net_proto_text in {tools}; rebuild Caffe with `make setup`")
+        unavailable(f"no upgrade_net_proto_text in {tools}; rebuild Caffe with `make setup`")
     return tools
 
 

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import unavailable
 
 from dlbhc_caffe import datasets
 from dlbhc_caffe.datasets.db import (DatabaseError, DatabaseWriter, count_records, detect_backend,
@@ -157,13 +158,13 @@ def test_caffe_compute_image_mean_agrees_with_our_mean(caffe, tmp_path, backend)
 
     tool = Path(caffe.__file__).resolve().parents[2] / "build" / "tools" / "compute_image_mean"
     if not tool.exists():
-        pytest.skip(f"Caffe's compute_image_mean is not built ({tool})")
+        unavailable(f"Caffe's compute_image_mean is not built ({tool})")
     manifest = datasets.prepare("digits", tmp_path, db=backend, max_train=200, max_test=10,
                                 progress=False, log=lambda *_: None)
     theirs = tmp_path / "caffe_mean.binaryproto"
     run = subprocess.run([str(tool), "-backend", backend, manifest["train_db"], str(theirs)],
                          capture_output=True, text=True)
     if run.returncode and "requires OpenCV" in run.stderr:
-        pytest.skip("this Caffe is built without OpenCV: its compute_image_mean refuses to run")
+        unavailable("this Caffe is built without OpenCV: its compute_image_mean refuses to run")
     assert run.returncode == 0, run.stderr
     np.testing.assert_allclose(read_mean(manifest["mean_file"]), read_mean(theirs), rtol=1e-6)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import unavailable
 from PIL import Image
 
 from dlbhc_caffe import proto
@@ -29,10 +30,7 @@ def require_backend():
     from dlbhc_caffe import backends
 
     if not backends.available():
-        message = "no engine (caffe or torch) imports here"
-        if IN_CI:
-            pytest.fail(f"{message} (CI=true: required)", pytrace=False)
-        pytest.skip(message)
+        unavailable("no engine (caffe or torch) imports here")
 
 
 # ---------------------------------------------------------------- a caffemodel of a deploy's shape
@@ -162,11 +160,10 @@ def test_demo_without_arguments_reuses_a_trained_run(trained_small_run, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (IN_CI or os.environ.get("DLBHC_FULL_DEMO") == "1"),
-                    reason="trains a second model (minutes): runs under CI=true or "
-                           "DLBHC_FULL_DEMO=1")
 def test_demo_on_a_fresh_machine(tmp_path):
     """`python demo.py` in an empty folder: prepares the digits, trains, indexes, queries."""
+    if not (IN_CI or os.environ.get("DLBHC_FULL_DEMO") == "1"):
+        unavailable("trains a second model (minutes): runs under CI=true or DLBHC_FULL_DEMO=1")
     require_backend()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--quiet"], cwd=tmp_path,
@@ -210,9 +207,7 @@ def test_weights_of_another_shape_are_refused_before_the_engine(backend, tmp_pat
     from dlbhc_caffe import backends
 
     if backend not in backends.available():
-        if IN_CI:
-            pytest.fail(f"backend {backend} is not available (CI=true: required)", pytrace=False)
-        pytest.skip(f"backend {backend} is not available")
+        unavailable(f"backend {backend} is not available")
     (tmp_path / "d8.prototxt").write_text(TINY_DEPLOY.replace("BITS", "8"))
     (tmp_path / "d6.prototxt").write_text(TINY_DEPLOY.replace("BITS", "6"))
     weights = random_caffemodel(tmp_path / "d6.prototxt", tmp_path / "w6.caffemodel")

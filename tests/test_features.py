@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from dlbhc_caffe import proto
-from dlbhc_caffe.features import (EncodeError, Encoder, Features, Transform, centre_offset,
-                                  deploy_blobs, matlab_centre_offset, read_image,
-                                  resize_bilinear, run_settings)
+from dlbhc_caffe.encode import (EncodeError, Encoder, Features, Transform, centre_offset,
+                                deploy_blobs, matlab_centre_offset, read_image, resize_bilinear)
+from dlbhc_caffe.runs import RunFolderError, run_settings
 
 RELEASED_DEPLOY = "models/KevinNet_CIFAR10_48_deploy.prototxt"
 
@@ -151,7 +151,7 @@ def test_prepare_record_is_caffes_test_transform():
     (dict(crop=4, mean=np.zeros((1, 8, 8))), "must be 3 x H x W"),
     (dict(crop=4, mean=np.zeros((3, 8, 8)), resize=10), "must agree"),
     (dict(crop=4, mean=np.zeros((3, 8, 8)), mean_values=1), "not both"),
-    (dict(crop=4, mean_values=(1, 2)), "mean values must be 1 or 3"),
+    (dict(crop=4, mean_values=(1, 2)), "2 mean_value entries for 3-channel records"),
     (dict(crop=4, channels=2), "1 or 3 channels"),
 ])
 def test_transform_rejects_what_cannot_work(kwargs, message):
@@ -301,7 +301,7 @@ def test_run_settings_take_the_test_transform(tmp_path):
     assert settings["mean"] == Path("/elsewhere") and settings["scale"] == 2.0
     assert settings["resize"] is None                        # the mean file's size decides
     (run / "final.caffemodel").unlink()
-    with pytest.raises(EncodeError, match="has not finished"):
+    with pytest.raises(RunFolderError, match="has not finished"):
         run_settings(run)
-    with pytest.raises(EncodeError, match="no run.json"):
+    with pytest.raises(RunFolderError, match="no run.json"):
         run_settings(tmp_path)

@@ -8,6 +8,7 @@ import doctest
 
 import numpy as np
 import pytest
+from conftest import unavailable
 
 from dlbhc_caffe import hamming
 from dlbhc_caffe.hamming import _hamming, reference
@@ -21,7 +22,7 @@ def kernel(request):
     """Run the test with the AVX-512 kernels (where the CPU has them) and with the scalar ones."""
     before = _hamming.simd()
     if request.param == "avx512" and not _hamming.simd(True):
-        pytest.skip("this CPU lacks AVX-512 VPOPCNTDQ")
+        unavailable("this CPU lacks AVX-512 VPOPCNTDQ", hardware=True)
     if request.param == "scalar":
         _hamming.simd(False)
     yield request.param

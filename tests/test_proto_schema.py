@@ -9,6 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import unavailable
 from google.protobuf import descriptor_pb2
 
 from dlbhc_caffe.proto import dlbhc_caffe_pb2 as ours
@@ -104,7 +105,7 @@ def test_enum_phase_matches(caffe_pb2):
 def test_committed_module_is_what_protoc_generates(tmp_path):
     protoc = shutil.which("protoc")
     if protoc is None:
-        pytest.skip("protoc not installed (make setup installs protobuf-compiler)")
+        unavailable("protoc not installed (make setup installs protobuf-compiler)")
     out = tmp_path / "set.pb"
     subprocess.run([protoc, f"--proto_path={PROTO_DIR}", f"--descriptor_set_out={out}",
                     "dlbhc_caffe.proto"], check=True)

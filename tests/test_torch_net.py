@@ -5,6 +5,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import unavailable
 import torch
 
 from dlbhc_caffe.backends import torch as engine
@@ -379,8 +380,9 @@ def test_data_layer_net_trains_phase_aware(tmp_path):
     test.close()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_gpu_matches_cpu(tmp_path):
+    if not torch.cuda.is_available():
+        unavailable("no CUDA device", hardware=True)
     path = write(tmp_path, MLP)
     cpu = engine.Net(path, engine.TRAIN)
     model = str(tmp_path / "w.caffemodel")

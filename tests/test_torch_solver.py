@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import unavailable
 
 from dlbhc_caffe.backends import torch as engine
 from dlbhc_caffe.backends.torch.solver import SolverError
@@ -298,8 +299,9 @@ def test_test_nets_run_forward_only(records_db):
     solver.close()
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")
 def test_check_device_without_cuda():
+    if __import__("torch").cuda.is_available():
+        unavailable("a CUDA device is present", hardware=True)
     from dlbhc_caffe.backends import BackendUnavailable  # noqa: PLC0415
 
     engine.check_device(None)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, unavailable
 from dlbhc_caffe import proto
 from dlbhc_caffe.datasets.db import write_records
 from dlbhc_caffe.proto import pb
@@ -122,6 +122,7 @@ def _write_run(folder, net_text, **solver_fields):
     folder.mkdir(parents=True, exist_ok=True)
     solver_fields.setdefault("lr_policy", "fixed")  # Caffe aborts at the first step without one
     (folder / "net.prototxt").write_text(net_text)
+    solver_fields.setdefault("lr_policy", "fixed")  # Caffe has no default policy (LOG(FATAL))
     solver = pb.SolverParameter(net=str(folder / "net.prototxt"),
                                 snapshot_prefix=str(folder / "snap"), **solver_fields)
     proto.write_text(solver, folder / "solver.prototxt")
@@ -294,7 +295,7 @@ def test_weights_and_resume_are_exclusive(tmp_path):
 # ---------------------------------------------------------------- the shared small model
 
 def _encode(run, root):
-    from dlbhc_caffe.features import Encoder  # noqa: PLC0415
+    from dlbhc_caffe.encode import Encoder  # noqa: PLC0415
 
     encoder = Encoder.from_run(run, backend="caffe", batch_size=100)
     database = encoder.encode_db(root / "digits" / "digits_train_leveldb")
@@ -412,7 +413,7 @@ def test_gpu_on_a_cpu_only_caffe_is_refused_before_anything_is_written(caffe, di
     from dlbhc_caffe import backends  # noqa: PLC0415
 
     if backends.get("caffe").has_cuda():
-        pytest.skip("this Caffe has CUDA")
+        unavailable("this Caffe has CUDA", hardware=True)
     done = _train_tool("--bits", 12, "--net", "small", "--dataset", "digits", "--root",
                        digits_data_root, "--out", tmp_path / "run", "--gpu", 0, "--backend",
                        "caffe")
@@ -498,7 +499,7 @@ def _digits_as_png_list(folder):
 def test_small_model_on_a_users_image_list(caffe, tmp_path):
     """prepare --dataset list from PNG files of real digits, then the shared model's recipe."""
     from dlbhc_caffe import metrics  # noqa: PLC0415
-    from dlbhc_caffe.features import Encoder  # noqa: PLC0415
+    from dlbhc_caffe.encode import Encoder  # noqa: PLC0415
 
     train_list, test_list = _digits_as_png_list(tmp_path / "pngs")
     root = tmp_path / "data"
@@ -593,15 +594,3 @@ def test_paper_recipe_end_to_end_on_a_tiny_archive(caffe, fixtures_dir, tmp_path
     again = subprocess.run(recipe, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "final.caffemodel exists" in again.stdout and "cifar10 exists" in again.stdout
-
-
-@pytest.mark.parametrize("module", ["dlbhc_caffe.rules.weights", "dlbhc_caffe.rules.solver",
-                                    "dlbhc_caffe.rules.schedule", "dlbhc_caffe.train.log",
-                                    "dlbhc_caffe.train.plot", "dlbhc_caffe.backends"])
-def test_docstring_examples_run(module):
-    import doctest  # noqa: PLC0415
-    import importlib  # noqa: PLC0415
-
-    failed, attempted = doctest.testmod(importlib.import_module(module),
-                                        optionflags=doctest.ELLIPSIS)
-    assert attempted > 0 and failed == 0

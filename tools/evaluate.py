@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlbhc_caffe import cli  # noqa: E402
 from dlbhc_caffe import codes, evaluation, metrics, plots  # noqa: E402
+from dlbhc_caffe.encode import add_model_options, model_given, resolve_model  # noqa: E402
 from dlbhc_caffe.errors import DlbhcError  # noqa: E402
 from dlbhc_caffe.rules.weights import ALLOW_FLAG  # noqa: E402
 
@@ -82,16 +83,8 @@ def build_parser():
     files.add_argument("--db-labels", metavar="FILE", help="database labels")
     files.add_argument("--query-codes", metavar="FILE", help="query codes (or features)")
     files.add_argument("--query-labels", metavar="FILE", help="query labels")
-    model = parser.add_argument_group("or codes extracted from a model over a prepared dataset")
-    model.add_argument("--run", metavar="DIR", help="a tools/train.py run folder")
-    model.add_argument("--deploy", metavar="PROTOTXT", help="a deploy net (any Caffe format)")
-    model.add_argument("--model", metavar="CAFFEMODEL", help="its weights")
-    model.add_argument("--mean", metavar="BINARYPROTO",
-                       help="mean file for --deploy/--model (default: the dataset's TEST "
-                            "transform has none, so give the mean the model was trained with)")
-    model.add_argument("--scale", type=float, default=1.0,
-                       help="multiplier of the mean-subtracted pixels for --deploy/--model "
-                            "(transform_param.scale the net was trained with; default 1)")
+    model = add_model_options(parser, "or codes extracted from a model over a prepared dataset",
+                              resize=False)
     model.add_argument("--dataset", metavar="NAME",
                        help="prepared dataset (default with --run: the run's own)")
     model.add_argument("--root", default="data", help="where prepare.py put it (default data)")
@@ -124,18 +117,16 @@ def build_parser():
 def inputs_from_model(args, parser):
     """Codes (or fc7 for --distance euclidean) extracted from a model over a prepared dataset,
     and the extracted Features (database, queries) to save with the report."""
-    if args.run is None and (args.deploy is None or args.model is None):
-        parser.error("--deploy and --model go together (or give --run)")
-    if args.run is not None and (args.deploy or args.model or args.mean):
-        parser.error("--run takes the model from the run folder: drop --deploy/--model/--mean")
+    model = resolve_model(args)
     if args.out is not None:
         evaluation.check_saved(args.out, args.force)
-    manifest = evaluation.dataset_manifest(args.run, args.dataset, args.root)
+    manifest = evaluation.dataset_manifest(model.run, args.dataset, args.root)
     check_top_k(args.top_k, int(manifest["train_count"]),
                 f"the {manifest.get('name', 'dataset')} train split")
     database, queries = evaluation.encode_for_evaluation(
-        run=args.run, deploy=args.deploy, model=args.model, mean=args.mean, scale=args.scale,
-        backend=args.backend, gpu=args.gpu, batch_size=args.batch_size, progress=not args.quiet,
+        run=model.run, deploy=model.deploy, model=model.weights, mean=model.mean,
+        mean_values=model.mean_values, scale=model.scale, backend=args.backend, gpu=args.gpu,
+        batch_size=args.batch_size, progress=not args.quiet,
         allow_missing_weights=args.allow_missing_weights, manifest=manifest)
     field = "fc7" if args.distance == "euclidean" else "codes"
     return (getattr(database, field), database.labels, getattr(queries, field),
@@ -179,7 +170,7 @@ def main(argv=None):
     try:
         if args.out is not None:
             metrics.check_report_dir(args.out, args.force)  # before the work, not after
-        from_model = args.run or args.deploy or args.model
+        from_model = model_given(args)
         source = inputs_from_model if from_model else inputs_from_files
         (database, database_labels, queries, query_labels), extracted, manifest = \
             source(args, parser)

@@ -27,30 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlbhc_caffe import cli  # noqa: E402
 from dlbhc_caffe import montage  # noqa: E402
+from dlbhc_caffe.encode import (EncodeError, Model, add_model_options,  # noqa: E402
+                                model_given, resolve_model)
 from dlbhc_caffe.fileio import output_lock  # noqa: E402
-from dlbhc_caffe.features import EncodeError  # noqa: E402
 from dlbhc_caffe.proto import ProtoError  # noqa: E402
 from dlbhc_caffe.search import (DEFAULT_RADIUS, IndexFormatError, load_index,  # noqa: E402
                                  workflow, write_faiss)
 
 
 def _model_options(p, required):
-    g = p.add_argument_group("model (a training run, or deploy + model + mean)")
-    g.add_argument("--run", metavar="DIR", help="training run folder (run.json, deploy.prototxt, "
-                                                "final.caffemodel)")
-    g.add_argument("--deploy", metavar="PROTOTXT", help="deploy prototxt (any Caffe generation)")
-    g.add_argument("--model", metavar="CAFFEMODEL", help="trained weights")
-    mean = g.add_mutually_exclusive_group()
-    mean.add_argument("--mean", metavar="BINARYPROTO",
-                      help="mean file (BGR); images are resized to its size, then cropped")
-    mean.add_argument("--mean-value", metavar="V[,V,V]",
-                      type=lambda t: [float(v) for v in t.split(",")],
-                      help="mean value(s), BGR, instead of a mean file")
-    g.add_argument("--resize", type=int, metavar="N",
-                   help="resize images to N x N before cropping (default: the mean file's size, "
-                        "else the net's input)")
+    group = add_model_options(p)
     if required:
-        g.description = "give --run, or --deploy and --model"
+        group.description = "give --run, or --deploy and --model"
     p.add_argument("--backend", choices=("auto", "caffe", "torch"), default="auto",
                    help="engine that runs the net (default auto: caffe when it imports)")
     p.add_argument("--batch-size", type=int, default=10, help="images per forward pass")
@@ -94,21 +82,6 @@ def build_parser():
     return p
 
 
-def model_from_args(args, fallback=None):
-    if args.run and (args.deploy or args.model):
-        raise EncodeError("give --run or --deploy/--model, not both")
-    if args.run:
-        return workflow.Model.from_run(args.run)
-    if args.deploy or args.model:
-        if not (args.deploy and args.model):
-            raise EncodeError("--deploy and --model go together")
-        return workflow.Model.from_files(args.deploy, args.model, mean=args.mean,
-                                         mean_values=args.mean_value, resize=args.resize)
-    if fallback is None:
-        raise EncodeError("no model: give --run DIR, or --deploy and --model")
-    return fallback
-
-
 def refuse_existing(path, force):
     if Path(path).exists() and not force:
         raise EncodeError(f"{path} already exists; use --force to replace it")
@@ -121,7 +94,7 @@ def cmd_index(args):
 
 def _index(args):
     refuse_existing(args.out, args.force)
-    model = model_from_args(args)
+    model = resolve_model(args)
     if args.list:
         paths, labels = workflow.read_image_list(args.list, args.root)
         source = {"list": str(Path(args.list).resolve())}
@@ -142,9 +115,9 @@ def cmd_query(args):
     if index.ntotal == 0:
         raise EncodeError(f"{args.index}: the index is empty")
     index.check_k(args.k)
-    named = args.run or args.deploy or args.model
-    model = model_from_args(
-        args, fallback=None if named else workflow.Model.recorded_beside(args.index, index.meta))
+    named = model_given(args)
+    model = resolve_model(
+        args, fallback=None if named else Model.recorded_beside(args.index, index.meta))
     if not named:
         print(f"model recorded in {args.index}: {model.deploy} + {model.weights}",
               file=sys.stderr)

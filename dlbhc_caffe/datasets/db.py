@@ -24,6 +24,7 @@ import numpy as np
 
 from ..proto import datum_from_array, pb
 from ..errors import DlbhcError
+from .records import decode_datum
 
 BACKENDS = ("leveldb", "lmdb")
 KEY_DIGITS = 8  # convert_imageset's caffe::format_int(line_id, 8)
@@ -275,8 +276,6 @@ def read_records(path, backend=None, limit=None):
 
     Raw and encoded (PNG/JPEG) records are both decoded; every record must have one shape.
     """
-    from .records import decode_datum  # noqa: PLC0415
-
     images, labels = [], []
     iterator = open_db(path, backend)
     try:

@@ -9,7 +9,9 @@
 import numpy as np
 
 from ..proto import write_blob
+from .db import open_db
 from .manifest import DatasetError
+from .records import decode_datum
 
 
 class MeanAccumulator:
@@ -61,9 +63,6 @@ class MeanAccumulator:
 
 def compute_mean(db_path, backend=None):
     """The C x H x W float32 mean of every record in a database (raw or encoded)."""
-    from .db import open_db  # noqa: PLC0415
-    from .records import decode_datum  # noqa: PLC0415
-
     acc = MeanAccumulator()
     for _, datum in open_db(db_path, backend):
         acc.add(decode_datum(datum))

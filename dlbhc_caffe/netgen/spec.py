@@ -20,12 +20,13 @@ from ..proto import ProtoError, atomic_write_bytes, format_text, read_mean
 from . import caffenet, kevinnet, small
 from .shapes import blob_shapes
 from .solver import PAPER_SOLVER, SMALL_SOLVER, check_solver_settings, make_solver
+from ..datasets.manifest import MANIFEST, load_manifest
 from ..errors import DlbhcError
 
 NETS = ("kevinnet", "small")
 DATABASES = ("leveldb", "lmdb")
-NET_FILES = ("train_val.prototxt", "deploy.prototxt", "solver.prototxt")
-MANIFEST = "dataset.json"
+TRAIN_VAL, DEPLOY, SOLVER = "train_val.prototxt", "deploy.prototxt", "solver.prototxt"
+NET_FILES = (TRAIN_VAL, DEPLOY, SOLVER)  # what write_net_files writes (dlbhc_caffe.runs: the rest)
 CIFAR10 = dict(name="cifar10", classes=10, train_count=50000, test_count=10000)
 IMAGENET_MEAN = Path("ilsvrc12") / "imagenet_mean.binaryproto"
 REFERENCE_DIR = Path("prototxt") / "cifar10_48"
@@ -59,8 +60,6 @@ def _load_manifest(root, name):
     path = Path(root) / name / MANIFEST
     if not path.is_file():
         return None, path
-    from ..datasets import load_manifest  # noqa: PLC0415 (the datasets stage; imported late)
-
     try:
         return load_manifest(root, name), path
     except ValueError as err:  # DatasetError: names the file and what to do
@@ -379,16 +378,16 @@ def net_files(spec, solver_spec, out_dir, *, net_path=None, snapshot_prefix=None
     The solver's `net` and `snapshot_prefix` default to absolute paths in `out_dir`.
     """
     out_dir = Path(out_dir)
-    net_path = net_path or out_dir.resolve() / "train_val.prototxt"
+    net_path = net_path or out_dir.resolve() / TRAIN_VAL
     snapshot_prefix = snapshot_prefix or out_dir.resolve() / spec.snapshot_name
     channels, height, width = spec.input_shape
     deploy_what = (f"deploy, Input {kevinnet.DEPLOY_BATCH}x{channels}x{height}x{width} -> fc7 "
                    f"(after relu7) -> {kevinnet.ENCODE} (codes: output > 0.5)")
     return {
-        "train_val.prototxt": _header(spec, "train_val, TRAIN and TEST phases")
+        TRAIN_VAL: _header(spec, "train_val, TRAIN and TEST phases")
         + format_text(spec.train_val()),
-        "deploy.prototxt": _header(spec, deploy_what) + format_text(spec.deploy()),
-        "solver.prototxt": _header(spec, "solver")
+        DEPLOY: _header(spec, deploy_what) + format_text(spec.deploy()),
+        SOLVER: _header(spec, "solver")
         + format_text(solver_spec.solver(net_path, snapshot_prefix)),
     }
 
@@ -417,7 +416,7 @@ def reference_files():
     """{file name: text} of prototxt/cifar10_48, as committed (the tests compare them)."""
     spec, solver_spec = reference_spec()
     return net_files(spec, solver_spec, REFERENCE_DIR,
-                     net_path=(REFERENCE_DIR / "train_val.prototxt").as_posix(),
+                     net_path=(REFERENCE_DIR / TRAIN_VAL).as_posix(),
                      snapshot_prefix=spec.snapshot_name)
 
 

@@ -1,7 +1,7 @@
 """Index a user's images and query them: what tools/search.py and demo.py do, callable from Python.
 
-A :class:`Model` names the net that makes the codes -- a training run folder, or a deploy
-prototxt + caffemodel + mean -- and is saved in the index's ``meta``, so a query encodes its
+A :class:`dlbhc_caffe.encode.Model` names the net that makes the codes -- a training run folder,
+or a deploy prototxt + caffemodel + mean -- and is saved in the index's ``meta``, so a query encodes its
 images exactly as the database was encoded without being told the model again.
 
 >>> import numpy as np
@@ -12,13 +12,14 @@ images exactly as the database was encoded without being told the model again.
 [(1, 1, 1, 0.1), (2, 0, 0, 0.9)]
 """
 import datetime
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..features import THRESHOLD, EncodeError, Encoder, run_settings
-from ..rules.validate import check_beside
+from ..datasets.imagelist import read_list
+from ..encode import THRESHOLD, EncodeError, Model
+from ..montage import Tile
 from .coarse_to_fine import DEFAULT_RADIUS, CoarseToFine
 from .index import HashIndex
 
@@ -26,81 +27,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".pp
                   ".webp"}
 
 
-def _size_list(size):
-    """None, N or (H, W) -> None or [H, W]."""
-    if size is None:
-        return None
-    size = [int(s) for s in np.atleast_1d(size)]
-    return size * 2 if len(size) == 1 else size
-
-
-@dataclass
-class Model:
-    """The net that encodes images: a run folder, or deploy + weights (+ mean)."""
-
-    deploy: str
-    weights: str
-    mean: str = None
-    mean_values: list = None
-    resize: list = None
-    scale: float = 1.0
-    run: str = None
-
-    @classmethod
-    def from_run(cls, run_dir):
-        settings = run_settings(run_dir)
-        return cls(deploy=str(Path(settings["deploy"]).resolve()),
-                   weights=str(Path(settings["weights"]).resolve()),
-                   mean=None if settings["mean"] is None else str(Path(settings["mean"]).resolve()),
-                   mean_values=None if settings["mean_values"] is None
-                   else [float(v) for v in np.atleast_1d(settings["mean_values"])],
-                   resize=None if settings["resize"] is None else list(settings["resize"]),
-                   scale=float(settings["scale"]), run=str(Path(run_dir).resolve()))
-
-    @classmethod
-    def from_files(cls, deploy, weights, mean=None, mean_values=None, resize=None):
-        return cls(deploy=str(Path(deploy).resolve()), weights=str(Path(weights).resolve()),
-                   mean=None if mean is None else str(Path(mean).resolve()),
-                   mean_values=None if mean_values is None
-                   else [float(v) for v in np.atleast_1d(mean_values)],
-                   resize=_size_list(resize))
-
-    @classmethod
-    def from_meta(cls, meta):
-        """The model recorded in an index's meta (None when there is none)."""
-        model = (meta or {}).get("model")
-        if not isinstance(model, dict) or not model.get("deploy") or not model.get("weights"):
-            return None
-        return cls(**{k: model.get(k) for k in cls.__dataclass_fields__ if k in model})
-
-    @classmethod
-    def recorded_beside(cls, index_path, meta):
-        """The model an index recorded, only if its files sit beside the index (None when it
-        recorded none): a crafted index must not make a query load files from elsewhere."""
-        model = cls.from_meta(meta)
-        if model is not None:
-            files = [f for f in (model.deploy, model.weights, model.mean) if f]
-            check_beside(index_path, files, "model file")
-        return model
-
-    def to_meta(self):
-        return asdict(self)
-
-    def encoder(self, backend="auto", batch_size=10, progress=False,
-                allow_missing_weights=False):
-        return Encoder.from_files(self.deploy, self.weights, mean=self.mean,
-                                  mean_values=self.mean_values, resize=self.resize,
-                                  scale=self.scale, backend=backend, batch_size=batch_size,
-                                  progress=progress, allow_missing_weights=allow_missing_weights)
-
-
 # ---------------------------------------------------------------- image sources
 
 def read_image_list(list_file, root=None):
     """(paths, labels or None) of a list file: one image a line, ``path`` or ``path label``
     (convert_imageset's format; see :func:`dlbhc_caffe.datasets.imagelist.read_list`)."""
-    from ..datasets.imagelist import read_list  # noqa: PLC0415
-
     return read_list(list_file, root, require_labels=False)
 
 
@@ -222,8 +153,6 @@ def montage_rows(query_images, results, query_labels=None, picture_of=None, quer
 
     picture_of(hit) gives a hit's picture (default: the file at its path, or a blank tile).
     """
-    from ..montage import Tile  # noqa: PLC0415
-
     def default_picture(hit):
         return hit.path if hit.path and Path(hit.path).is_file() else \
             np.full((8, 8), 200, np.uint8)

@@ -18,22 +18,26 @@ import os
 import platform
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
-from .. import proto
+import numpy
+from google import protobuf
+
+from .. import backends, proto, runs
+from ..datasets.manifest import MANIFEST
+from ..datasets.weights import caffenet_paths
 from ..fileio import output_lock
+from ..runs import DEPLOY, FINAL_MODEL, LOG, LOSS_PLOT, RUN_JSON, SOLVER, TRAIN_VAL
 from .log import console, parse_log
 from .snapshots import localize_solver, snapshot_problem
 from .loop import DATA_CURSOR_NOTE, TrainError, train
 from .plot import plot_history
 
-RUN_JSON = "run.json"
-LOG = "log.txt"
-LOSS_PLOT = "loss.png"
-FINAL_MODEL = "final.caffemodel"
 WEIGHT_CHOICES = ("caffenet", "none")
 FORMAT_VERSION = 1
 _SNAPSHOT = re.compile(r"_iter_(\d+)\.solverstate$")
@@ -52,8 +56,6 @@ def resolve_weights(choice, net="kevinnet", root="data"):
     if choice.lower() == "none":
         return None
     if choice.lower() == "caffenet":
-        from ..datasets.weights import caffenet_paths  # noqa: PLC0415
-
         path = caffenet_paths(root)["weights"]
         if not path.is_file():
             raise TrainError(f"--weights caffenet: {path} does not exist; get it with "
@@ -123,11 +125,6 @@ def git_commit(repo=None):
 
 def versions(engine):
     """Versions of what a run depends on."""
-    import numpy  # noqa: PLC0415
-    from google import protobuf  # noqa: PLC0415
-
-    from importlib import metadata  # noqa: PLC0415
-
     try:
         ours = metadata.version("dlbhc-caffe")
     except metadata.PackageNotFoundError:
@@ -139,7 +136,7 @@ def versions(engine):
 
 
 def _manifest(spec):
-    path = Path(spec.train_db).parent / "dataset.json"
+    path = Path(spec.train_db).parent / MANIFEST
     if not path.is_file():
         return None, None
     try:
@@ -190,11 +187,11 @@ def _new_record(plan, engine, weights, gpu, command):
                  "scale": spec.scale if spec.scale is not None else 1.0},
         "batch_size": spec.batch_size,
         "seed": plan.solver.random_seed,
-        "solver_settings": _solver_summary(files["solver.prototxt"]),
+        "solver_settings": _solver_summary(files[SOLVER]),
         "weights": {"source": str(weights) if weights else None},
-        "train_val": str(files["train_val.prototxt"]),
-        "deploy": str(files["deploy.prototxt"]),
-        "solver": str(files["solver.prototxt"]),
+        "train_val": str(files[TRAIN_VAL]),
+        "deploy": str(files[DEPLOY]),
+        "solver": str(files[SOLVER]),
         "log": str(plan.folder / LOG),
         "loss_plot": str(plan.folder / LOSS_PLOT),
         "final_model": None,
@@ -209,8 +206,6 @@ def exit_code(result):
     number when a signal stopped it (130 SIGINT, 143 SIGTERM)."""
     if result.interrupted is None:
         return 0
-    import signal  # noqa: PLC0415
-
     return 128 + int(getattr(signal, result.interrupted, signal.SIGINT))
 
 
@@ -233,8 +228,6 @@ def _train_run(plan, *, weights=None, backend="auto", gpu=None, resume=None, for
         holds no data cursor).
     gpu: device id, or None for the CPU. argv: the command line recorded in run.json.
     """
-    from .. import backends, runs  # noqa: PLC0415
-
     engine = backends.get(backend) if isinstance(backend, str) else backend
     if hasattr(engine, "check_device"):
         engine.check_device(gpu)  # before anything is written
@@ -248,7 +241,7 @@ def _train_run(plan, *, weights=None, backend="auto", gpu=None, resume=None, for
         state = resume_state(folder, resume, log=echo or (lambda *_: None))
         localize_solver(folder, log=echo or (lambda *_: None))
         weights_path = None
-        record = json.loads(record_path.read_text()) if record_path.is_file() else \
+        record = runs.read_record(folder) if record_path.is_file() else \
             _new_record(plan, engine, None, gpu, command)
         record["status"] = "running"
         record.setdefault("resumes", []).append({"command": command, "from": str(state),
@@ -261,7 +254,7 @@ def _train_run(plan, *, weights=None, backend="auto", gpu=None, resume=None, for
         record = _new_record(plan, engine, weights_path, gpu, command)
     _write_json(record_path, record)
 
-    solver_path = folder / "solver.prototxt"
+    solver_path = folder / SOLVER
     seed = record.get("seed")
     result = None
     try:

@@ -122,8 +122,6 @@ def parse_datum(raw, where):
 def datum_pixels(datum, transform, where):
     """A Datum's pixels as C x H x W (uint8 or float32), decoding encoded records to BGR/gray."""
     if datum.encoded:
-        from ...datasets.records import decode_datum  # noqa: PLC0415
-
         try:
             pixels = decode_datum(datum)
         except ValueError as err:
