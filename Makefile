@@ -1,7 +1,7 @@
 # The two Quick start commands are `make demo` and `make test`; each sets up what it needs.
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast bench paper clean fuzz
+.PHONY: setup demo test test-fast test-quick bench paper clean fuzz
 setup:
 	bash scripts/setup_env.sh
 
@@ -15,6 +15,10 @@ test: setup
 test-fast:
 	DLBHC_NO_CAFFE=1 bash scripts/setup_env.sh
 	$(PY) -m pytest -q -ra
+
+# The inner loop: no Caffe build, no slow tests, no tests that need real Caffe (under a minute).
+test-quick:
+	$(PY) -m pytest -q -m "not slow and not caffe"
 
 bench: setup
 	$(PY) benchmarks/run_all.py

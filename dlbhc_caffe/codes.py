@@ -177,11 +177,13 @@ def _read(path, want):
     """The raw contents of a codes/features file: (array or None, labels or None, matlab)."""
     path = _check_exists(path)
     suffix = _suffix(path)
-    if suffix == ".npz":
-        raw = _read_npz(path)
-        key = "codes" if want == "codes" else "fc7"
+    key = "codes" if want == "codes" else "fc7"
+    if suffix in (".npz", ".index"):
+        raw = _read_npz(path) if suffix == ".npz" else _read_index(path)
         if raw[key] is None:
-            raise ValueError(f"{path}: has no '{key}' array (it holds {raw['keys']}).")
+            holds = f"has no '{key}' array (it holds {raw['keys']})" if suffix == ".npz" else \
+                f"the index holds no {key}"
+            raise ValueError(f"{path}: {holds}.")
         return raw[key], raw["labels"], False
     if suffix == ".npy":
         return np.load(path, allow_pickle=False), None, False
@@ -190,12 +192,6 @@ def _read(path, want):
         preferred = _MAT_CODE_NAMES if want == "codes" else _MAT_FEATURE_NAMES
         what = "codes" if want == "codes" else "features"
         return _pick_mat_variable(path, variables, preferred, what), None, True
-    if suffix == ".index":
-        raw = _read_index(path)
-        key = "codes" if want == "codes" else "fc7"
-        if raw[key] is None:
-            raise ValueError(f"{path}: the index holds no {key}.")
-        return raw[key], raw["labels"], False
     raise ValueError(f"{path}: unknown file type '{suffix}'; expected .npz, .npy, .mat or "
                      f".index.")
 

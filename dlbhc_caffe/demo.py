@@ -17,7 +17,7 @@ from .proto import atomic_write_bytes
 from .search import DEFAULT_RADIUS, workflow
 
 DATASET, NET, BITS = "digits", "small", 12
-MAX_ITER, SEED = 600, 1  # 600 iterations give mAP@100 about 0.9 in 1-2 CPU minutes
+MAX_ITER, SEED = 600, 1  # the small net's default run (docs/small-net.md): minutes on a CPU
 MONTAGE_QUERIES = 6
 
 

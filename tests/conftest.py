@@ -87,7 +87,7 @@ def caffe_tools():
 # ---------------------------------------------------------------- training (tests/test_train.py)
 
 # The shared small model: the small net on the embedded digits, 12 bits, trained once per session
-# through tools/train.py. design.md measured 600 iterations -> mAP@100 0.916 in 1-2 minutes here.
+# through tools/train.py (docs/small-net.md).
 SMALL_RUN_ARGS = ("--bits", "12", "--net", "small", "--dataset", "digits", "--seed", "1",
                   "--max-iter", "600", "--test-interval", "100", "--snapshot", "300",
                   "--backend", "caffe", "--no-progress")

@@ -202,7 +202,7 @@ layer { name: "fc8_kevin_encode" type: "Sigmoid" bottom: "fc8_kevin" top: "fc8_k
 """
 
 
-@pytest.mark.parametrize("backend", ["caffe", "torch"])
+@pytest.mark.parametrize("backend", [pytest.param("caffe", marks=pytest.mark.caffe), "torch"])
 def test_weights_of_another_shape_are_refused_before_the_engine(backend, tmp_path, capsys):
     from dlbhc_caffe import backends
 

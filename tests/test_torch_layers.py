@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dlbhc_caffe.backends import torch as engine
-from dlbhc_caffe.backends.torch.data import DataError, Transformer, resize_bilinear
+from dlbhc_caffe.backends.torch.data import DataError, Transformer
+from dlbhc_caffe.backends.torch.images import resize_bilinear
 from dlbhc_caffe.backends.torch.fillers import fill
 from dlbhc_caffe.backends.torch.layers.vision import pooled_size
 from dlbhc_caffe.datasets.db import write_records
@@ -681,7 +682,8 @@ def test_data_layer_errors_name_the_layer(tmp_path):
         data_net(tmp_path, "/nonexistent", "lmdb")
     write_records(tmp_path / "db", [(np.zeros((3, 4, 4), np.uint8), 0)], backend="lmdb")
     write_blob(np.zeros((1, 3, 5, 5), np.float32), tmp_path / "mean.binaryproto")
-    with pytest.raises(DataError, match="mean.binaryproto is 3x5x5 \\(CxHxW\\) but the records are 3x4x4"):
+    with pytest.raises(DataError,
+                       match="mean.binaryproto is 3x5x5 \\(CxHxW\\) but the records are 3x4x4"):
         data_net(tmp_path, tmp_path / "db", "lmdb",
                  extra=f'mean_file: "{tmp_path / "mean.binaryproto"}"')
 

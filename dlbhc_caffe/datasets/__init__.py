@@ -2,8 +2,8 @@
 
 Sources: "cifar10" (the official binary archive), "mnist" (the four IDX files), "list" (your
 images: a convert_imageset list or a folder of class folders) and "digits" (scikit-learn's
-bundled 8x8 digits; no network). `prepare` writes data/<name>/ as design.md's "Files between
-stages" defines; later stages read it back with `load_manifest`, `open_db` and `read_records`.
+bundled 8x8 digits; no network). `prepare` writes data/<name>/ as docs/files.md describes; later
+stages read it back with `load_manifest`, `open_db` and `read_records`.
 
 >>> import tempfile
 >>> from dlbhc_caffe import datasets

@@ -1,4 +1,4 @@
-"""The prepare stage: a dataset source -> the dataset folder of design.md ("Files between stages").
+"""The prepare stage: a dataset source -> the dataset folder (docs/files.md).
 
     data/<name>/dataset.json            what was written (see manifest.py)
     data/<name>/<name>_train_<db>       Datum records, keys zero-padded, key order = list order

@@ -32,13 +32,18 @@ class ImageError(DlbhcError):
     """An image file that cannot be read (missing, unreadable or corrupt); names the file."""
 
 
-def record_size(size):
-    """(height, width) from an int (square) or a (height, width) pair."""
+class SizeError(DlbhcError):
+    """A size (of records, a crop, a resize) that is not one or two positive integers."""
+
+
+def record_size(size, what="a record size"):
+    """(height, width) from an int (square) or a (height, width) pair; SizeError naming `what`
+    unless both are positive. The one size reader of prepare and encode."""
     if isinstance(size, (int, np.integer)):
         size = (int(size), int(size))
     height, width = (int(s) for s in size)
     if height < 1 or width < 1:
-        raise ValueError(f"a record size must be positive, got {height}x{width}")
+        raise SizeError(f"{what} must be positive, got {height}x{width}")
     return height, width
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..datasets.records import ImageError, load_image
+from ..datasets.records import ImageError, SizeError, load_image, record_size
 from ..errors import DlbhcError
 from ..proto import ProtoError, read_mean
 from ..rules.transform import TransformError, check_mean_shape, check_mean_values
@@ -33,14 +33,13 @@ class EncodeError(DlbhcError):
 
 
 def size_pair(size, what):
+    """None, or (height, width) of an int or a pair (datasets.records.record_size)."""
     if size is None:
         return None
-    if isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    height, width = (int(s) for s in size)
-    if height < 1 or width < 1:
-        raise EncodeError(f"{what} must be positive, got {height}x{width}")
-    return height, width
+    try:
+        return record_size(size, what)
+    except SizeError as err:
+        raise EncodeError(str(err)) from None
 
 
 def centre_offset(size, crop):

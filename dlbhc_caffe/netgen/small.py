@@ -6,7 +6,7 @@
 
 The head has KevinNet's layer names and shape, so everything downstream (features, codes, fc7,
 evaluation) treats both nets alike. Fillers are xavier throughout: from scratch, the paper's small
-gaussian head fillers leave the loss stuck at ln(classes) (design.md, "Measured here"). Inputs
+gaussian head fillers leave the loss stuck at ln(classes) (docs/small-net.md). Inputs
 are mean-subtracted (the dataset's own mean file or a mean_value) and scaled by 1/256.
 
 >>> from dlbhc_caffe.netgen import small

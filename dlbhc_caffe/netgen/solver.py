@@ -11,7 +11,7 @@ from ..proto import pb
 PAPER_SOLVER = dict(base_lr=0.001, lr_policy="step", gamma=0.1, max_iter=50000, momentum=0.9,
                     weight_decay=0.0005, test_iter=100, test_interval=100, snapshot=10000,
                     display=20)
-# The small net from scratch (design.md "Measured here": lr 0.01, momentum 0.9, ~1000 iterations).
+# The small net from scratch (docs/small-net.md): lr 0.01, momentum 0.9, ~1000 iterations.
 SMALL_SOLVER = dict(base_lr=0.01, lr_policy="step", gamma=0.1, max_iter=1000, momentum=0.9,
                     weight_decay=0.0005, test_iter=100, test_interval=200, snapshot=500,
                     display=20)

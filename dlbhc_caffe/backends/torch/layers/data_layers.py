@@ -6,8 +6,8 @@ import torch
 from ....datasets.dbread import check_datum
 from ....proto import pb
 from .. import runtime
-from ..data import (BatchLoader, RecordCursor, Transformer, datum_pixels, parse_datum,
-                    read_image, read_image_list)
+from ..data import BatchLoader, RecordCursor, Transformer, datum_pixels, parse_datum
+from ..images import read_image, read_image_list
 from ..fillers import fill
 from .base import Layer
 from . import register
