@@ -9,7 +9,8 @@ solver state's history.
   own `state`, then `train_state` / `test_state[i]` -- so a state in the file may even change the
   phase, as in Caffe.
 - `check_solver(solver)`: what Caffe's Solver and SGDSolver constructors CHECK, and the lr policy.
-- `snapshot_paths(solver, iteration)`: Solver::Snapshot's file names.
+- `snapshot_paths(solver, iteration)`: Solver::Snapshot's file names; `due`, `test_due`,
+  `final_snapshot_due`: when Solver::Step and Solver::Solve display, test and snapshot.
 - `history_count(solver_type, n)` and `check_history(...)`: the solver state's history blobs
   (two a param for Adam and AdaDelta), as SGDSolver::RestoreSolverStateFromBinaryProto checks
   them.
@@ -141,6 +142,22 @@ def check_solver(solver, solver_type=None):
         raise SolverError(f"momentum cannot be used with {solver_type}")
     if solver_type == "RMSProp" and not 0 <= solver.rms_decay <= 1:
         raise SolverError("rms_decay must be in [0, 1]")
+
+
+def due(every, iteration):
+    """Caffe's `every && iteration % every == 0`: display, snapshot and test_interval."""
+    return bool(every) and iteration % every == 0
+
+
+def test_due(solver, iteration):
+    """Solver::Step tests before the iteration when test_interval divides it (iteration 0 only
+    with test_initialization); Solver::Solve tests after the last one when it divides it."""
+    return due(solver.test_interval, iteration) and (iteration > 0 or solver.test_initialization)
+
+
+def final_snapshot_due(solver, iteration):
+    """Solver::Solve snapshots after training unless the last step has just done so."""
+    return solver.snapshot_after_train and not due(solver.snapshot, iteration)
 
 
 def check_snapshot_prefix(solver):

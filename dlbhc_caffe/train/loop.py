@@ -35,7 +35,7 @@ from ..proto import filter_net, pb
 from ..rules.outputs import fmt, loss_outputs, net_outputs, output_lines
 from ..rules.schedule import learning_rate
 from ..rules.solver import SolverError, check_history, check_snapshot_prefix, check_solver, \
-    learnable_shapes, snapshot_paths, solver_nets
+    due, final_snapshot_due, learnable_shapes, snapshot_paths, solver_nets, test_due
 from ..rules.weights import copy_weights, param_shapes, plan_weight_copy
 from .log import CaffeLog, History, console
 from .snapshots import finish_snapshot, localize_state, staging_prefix
@@ -231,12 +231,10 @@ class _Loop:
         self.result.snapshots.append((model, state))
 
     def display_due(self, it):
-        return self.param.display and it % self.param.display == 0
+        return due(self.param.display, it)
 
     def test_due(self, it):
-        return (self.param.test_interval and self.solver.test_nets
-                and it % self.param.test_interval == 0
-                and (it > 0 or self.param.test_initialization))
+        return bool(self.solver.test_nets) and test_due(self.param, it)
 
     def step(self):
         """One iteration of Caffe's Solver::Step, the engine doing forward/backward/update."""
@@ -260,22 +258,21 @@ class _Loop:
             self.result.history.lr.append((it, rate))
         self.bar.set_postfix(loss=f"{smoothed:.4g}", lr=f"{rate:.3g}", refresh=False)
         self.bar.update(1)
-        if self.param.snapshot and self.solver.iter % self.param.snapshot == 0:
+        if due(self.param.snapshot, self.solver.iter):
             self.snapshot()
         return True
 
     def finish(self):
         """What Caffe's Solver::Solve does after the last step."""
         it = self.solver.iter
-        if self.param.snapshot_after_train and (not self.param.snapshot
-                                                or it % self.param.snapshot != 0):
+        if final_snapshot_due(self.param, it):
             self.snapshot()
         if self.display_due(it):
             self.solver.net.forward()
             loss = _net_loss(self.solver.net, self.train_losses)
             self.log.info(f"Iteration {it}, loss = {fmt(loss)}")
             self.result.history.train_loss.append((it, loss))
-        if self.param.test_interval and it % self.param.test_interval == 0:
+        if due(self.param.test_interval, it):
             self.test_all()
         self.log.info("Optimization Done.")
 

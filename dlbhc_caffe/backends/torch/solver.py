@@ -33,7 +33,7 @@ from ...proto import ProtoError, pb, read_net, read_solver, read_solverstate, up
 from ...rules.outputs import output_lines
 from ...rules.schedule import learning_rate
 from ...rules.solver import SolverError, check_history, check_snapshot_prefix, check_solver, \
-    history_count, snapshot_paths, solver_nets
+    due, final_snapshot_due, history_count, snapshot_paths, solver_nets, test_due
 from . import runtime
 from .blob import decode_blob, encode_blob
 from .net import Net, NetError
@@ -131,14 +131,13 @@ class Solver:
         last = len(self.net.layers) - 1
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
-            if p.test_interval and self.iter % p.test_interval == 0 and \
-                    (self.iter > 0 or p.test_initialization):
+            if test_due(p, self.iter):
                 self.test_all()
                 if self.requested_early_exit:
                     break
             for on_start, _ in self._callbacks:
                 on_start()
-            display = p.display and self.iter % p.display == 0
+            display = due(p.display, self.iter)
             loss = None
             for _ in range(p.iter_size):
                 term = self.net._forward_tensor(0, last)
@@ -152,7 +151,7 @@ class Solver:
                 on_gradients_ready()
             self.apply_update()
             self.iter += 1
-            if p.snapshot and self.iter % p.snapshot == 0:
+            if due(p.snapshot, self.iter):
                 self.snapshot()
 
     def _display(self):
@@ -172,18 +171,18 @@ class Solver:
             LOG.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
         self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+        if final_snapshot_due(p, self.iter):
             self.snapshot()
         if self.requested_early_exit:
             LOG.info("Optimization stopped early.")
             return
-        if p.display and self.iter % p.display == 0:
+        if due(p.display, self.iter):
             with torch.no_grad():
                 loss = self.net._forward_tensor(0, len(self.net.layers) - 1)
             self._losses.append(loss if loss is not None
                                 else torch.zeros((), device=self.net.device))
             LOG.info("Iteration %d, loss = %g", self.iter, self.smoothed_loss)
-        if p.test_interval and self.iter % p.test_interval == 0:
+        if due(p.test_interval, self.iter):
             self.test_all()
         LOG.info("Optimization Done.")
 
@@ -228,7 +227,7 @@ class Solver:
     def apply_update(self):
         p = self.param
         rate = self.learning_rate()
-        if p.display and self.iter % p.display == 0:
+        if due(p.display, self.iter):
             LOG.info("Iteration %d, lr = %g", self.iter, rate)
         params = self.net.learnable_params
         lr_mults, decay_mults = self.net.params_lr, self.net.params_weight_decay
