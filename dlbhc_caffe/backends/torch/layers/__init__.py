@@ -1,7 +1,7 @@
 """The layer registry: one class per Caffe layer type, found by its type string.
 
->>> sorted(LAYERS)[:4]
-['Accuracy', 'BatchNorm', 'Bias', 'Concat']
+>>> [name in LAYERS for name in ("Convolution", "InnerProduct", "SoftmaxWithLoss")]
+[True, True, True]
 """
 LAYERS = {}
 
