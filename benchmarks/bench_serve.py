@@ -31,7 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlbhc_caffe.serve import Searcher, sample  # noqa: E402
-from dlbhc_caffe.search import load_index, workflow  # noqa: E402
+from dlbhc_caffe.encode import Model  # noqa: E402
+from dlbhc_caffe.search import load_index  # noqa: E402
 
 KINDS = ("id", "id fine", "upload", "upload fine")
 MAX_REQUESTS = 200_000
@@ -167,7 +168,7 @@ def main(argv=None):
         index = sample.build_sample_index(Path(work) / "images", model, Path(work) / "d.index")
     serve_args = ["--backend", args.backend] + (["--run", args.run] if args.run else [])
     ids, images = query_material(index)
-    model = workflow.Model.from_run(args.run) if args.run else None
+    model = Model.from_run(args.run) if args.run else None
     searcher = Searcher(index, model=model, backend=args.backend)
     local = in_process(searcher, ids, images, k=args.k)
     del searcher

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dlbhc_caffe.search import workflow
+from dlbhc_caffe.encode import Model
 from dlbhc_caffe.serve import sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def shoot(page, tmp_path, name):
 @pytest.fixture(scope="module")
 def trained_server(trained_small_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("served")
-    model = workflow.Model.from_run(trained_small_run["run"])
+    model = Model.from_run(trained_small_run["run"])
     index = sample.build_sample_index(folder / "digits", model, folder / "digits.index",
                                       backend="auto")
     with sample.LocalServer(index, log=folder / "server.log") as server:

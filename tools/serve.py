@@ -24,8 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlbhc_caffe import cli  # noqa: E402
-from dlbhc_caffe.features import EncodeError  # noqa: E402
-from dlbhc_caffe.search import DEFAULT_RADIUS, workflow  # noqa: E402
+from dlbhc_caffe.encode import (EncodeError, add_model_options, model_given,  # noqa: E402
+                                resolve_model)
+from dlbhc_caffe.search import DEFAULT_RADIUS  # noqa: E402
 
 
 def build_parser():
@@ -33,15 +34,7 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--index", required=True, metavar="INDEX", help="index file to serve")
-    g = p.add_argument_group("model (default: the one recorded in the index)")
-    g.add_argument("--run", metavar="DIR", help="training run folder")
-    g.add_argument("--deploy", metavar="PROTOTXT", help="deploy prototxt")
-    g.add_argument("--model", metavar="CAFFEMODEL", help="trained weights")
-    mean = g.add_mutually_exclusive_group()
-    mean.add_argument("--mean", metavar="BINARYPROTO", help="mean file (BGR)")
-    mean.add_argument("--mean-value", metavar="V[,V,V]",
-                      type=lambda t: [float(v) for v in t.split(",")], help="mean value(s), BGR")
-    g.add_argument("--resize", type=int, metavar="N", help="resize images to N x N first")
+    g = add_model_options(p, "model (default: the one recorded in the index)")
     g.add_argument("--no-model", action="store_true",
                    help="serve without a model: searches by id and code only, no uploads")
     p.add_argument("--backend", choices=("auto", "caffe", "torch"), default="auto",
@@ -63,21 +56,12 @@ def build_parser():
 
 def model_from_args(args):
     """The model to serve with: given, recorded in the index (None), or none (False)."""
-    given = args.run or args.deploy or args.model
-    if args.no_model and given:
-        raise EncodeError("--no-model and a model (--run/--deploy/--model) contradict each other")
     if args.no_model:
+        if model_given(args):
+            raise EncodeError("--no-model and a model (--run/--deploy/--model) contradict each "
+                              "other")
         return False
-    if args.run and (args.deploy or args.model):
-        raise EncodeError("give --run or --deploy/--model, not both")
-    if args.run:
-        return workflow.Model.from_run(args.run)
-    if args.deploy or args.model:
-        if not (args.deploy and args.model):
-            raise EncodeError("--deploy and --model go together")
-        return workflow.Model.from_files(args.deploy, args.model, mean=args.mean,
-                                         mean_values=args.mean_value, resize=args.resize)
-    return None
+    return resolve_model(args, required=False)
 
 
 def main(argv=None):

@@ -153,11 +153,12 @@ def model_given(args):
         any(getattr(args, name, None) is not None for _, name in FILE_FLAGS)
 
 
-def resolve_model(args, fallback=None):
+def resolve_model(args, fallback=None, required=True):
     """The Model that parsed `args` name (see add_model_options), else `fallback`.
 
     --run excludes every other model flag; --deploy and --model go together; with neither and
-    no fallback, EncodeError says what to give.
+    no fallback, EncodeError says what to give (or, not `required`, None: the caller has a
+    default of its own, e.g. the model recorded in an index).
     """
     given = [flag for flag, name in FILE_FLAGS if getattr(args, name, None) is not None]
     if getattr(args, "run", None):
@@ -174,5 +175,7 @@ def resolve_model(args, fallback=None):
     if fallback is None:
         if given:
             raise EncodeError(f"{', '.join(given)} need --deploy and --model (or give --run)")
+        if not required:
+            return None
         raise EncodeError("no model: give --run DIR, or --deploy and --model")
     return fallback

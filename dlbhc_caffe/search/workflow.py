@@ -177,5 +177,5 @@ def montage_rows(query_images, results, query_labels=None, picture_of=None, quer
     return rows
 
 
-__all__ = ["Model", "read_image_list", "scan_images", "index_features", "build_index", "Hit",
+__all__ = ["read_image_list", "scan_images", "index_features", "build_index", "Hit",
            "query_features", "format_results", "montage_rows"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..features import THRESHOLD, EncodeError
+from ..encode import THRESHOLD, EncodeError, Model
 from ..hamming import unpack_codes
 from ..search import DEFAULT_RADIUS, load_index, workflow
 from .params import ServeError, format_code, parse_code, parse_int, search_options
@@ -65,7 +65,7 @@ class Searcher:
     """An index and its model, searched as the API asks.
 
     index_path: the index file (memory-mapped).
-    model: a :class:`dlbhc_caffe.search.workflow.Model`; None takes the one recorded in the
+    model: a :class:`dlbhc_caffe.encode.Model`; None takes the one recorded in the
         index; ``False`` serves without one (searches by id and code only).
     """
 
@@ -81,7 +81,7 @@ class Searcher:
         self.classes = class_names(self.index, names_file)
         if model is None:
             # only a model beside the index: a crafted index must not pick files elsewhere
-            model = workflow.Model.recorded_beside(self.index_path, self.index.meta)
+            model = Model.recorded_beside(self.index_path, self.index.meta)
             if model is None:
                 raise EncodeError(f"{self.index_path}: the index records no model: give --run "
                                   f"or --deploy/--model, or --no-model (search by id and code "

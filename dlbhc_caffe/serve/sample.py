@@ -19,7 +19,7 @@ from PIL import Image
 
 from .. import backends, netgen
 from ..datasets import digits
-from ..features import resize_bilinear
+from ..encode import Model, resize_bilinear
 from ..proto import write_text
 from ..search import workflow
 
@@ -43,7 +43,7 @@ def write_digit_images(folder, limit=None, size=SIZE):
 
 def untrained_model(folder, bits=12, seed=1):
     """The small net's deploy prototxt and random weights, written in ``folder``: a
-    :class:`~dlbhc_caffe.search.workflow.Model`.
+    :class:`~dlbhc_caffe.encode.Model`.
 
     The weights are He-scaled Gaussians (numpy, seeded), zero biases: the net is then a random
     projection whose codes still keep similar pictures close. (The net's own fillers start conv1
@@ -63,7 +63,7 @@ def untrained_model(folder, bits=12, seed=1):
         if len(blobs) > 1:
             blobs[1].data[...] = 0.0
     net.save(str(weights))
-    return workflow.Model.from_files(deploy, weights, mean_values=[128.0])
+    return Model.from_files(deploy, weights, mean_values=[128.0])
 
 
 def build_sample_index(folder, model, out, backend="torch", limit=None):
