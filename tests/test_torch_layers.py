@@ -477,7 +477,11 @@ GRADIENT_LAYERS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(GRADIENT_LAYERS))
+SLOW_GRADIENTS = {"Convolution", "Pooling_MAX", "Pooling_AVE"}  # many float64 forward passes
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_GRADIENTS
+                                  else c for c in sorted(GRADIENT_LAYERS)])
 def test_gradient_check(tmp_path, case):
     """Analytic gradients of bottoms and params against central differences, in float64."""
     layer_type = case.split("_")[0]
