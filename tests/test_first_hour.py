@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import unavailable
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,11 +83,10 @@ def test_train_resume_command_runs_as_printed(digits_data_root, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (IN_CI or os.environ.get("DLBHC_FULL_DEMO") == "1"),
-                    reason="trains the demo's model (minutes): runs under CI=true or "
-                           "DLBHC_FULL_DEMO=1")
 def test_demo_ctrl_c_hints_run_as_printed(tmp_path):
     """Ctrl-C in the demo's training: the printed command and run.json's both continue it."""
+    if not (IN_CI or os.environ.get("DLBHC_FULL_DEMO") == "1"):
+        unavailable("trains the demo's model (minutes): runs under CI=true or DLBHC_FULL_DEMO=1")
     work = tmp_path / "work"
     work.mkdir()
     demo = [sys.executable, str(ROOT / "demo.py"), "--backend", "torch", "--quiet"]
@@ -212,7 +212,7 @@ def test_paper_recipe_says_the_cost_and_stops_without_a_gpu(tmp_path):
 
     try:
         backends.get("torch").check_device(0)
-        pytest.skip("this machine has a GPU for the torch backend")
+        unavailable("this machine has a GPU for the torch backend", hardware=True)
     except ImportError:
         pass
     env = dict(os.environ, DLBHC_DATA=str(tmp_path / "data"), PY=sys.executable)

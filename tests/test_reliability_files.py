@@ -13,7 +13,7 @@ import pytest
 
 from dlbhc_caffe import cli, proto
 from dlbhc_caffe.errors import DlbhcError
-from dlbhc_caffe.features import Encoder
+from dlbhc_caffe.encode import Encoder
 from dlbhc_caffe.search.index import ALIGN, HashIndex, IndexFormatError, load_index
 
 sys.path.insert(0, str(Path(__file__).parent))

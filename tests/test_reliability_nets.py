@@ -13,7 +13,7 @@ import pytest
 
 from dlbhc_caffe import proto
 from dlbhc_caffe.errors import DlbhcError
-from dlbhc_caffe.features import Encoder
+from dlbhc_caffe.encode import Encoder
 from dlbhc_caffe.rules.validate import RuleError, check_deploy, check_net
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -76,7 +76,7 @@ def test_real_caffe_aborts_where_we_refuse(caffe, tmp_path, name, edits, fragmen
 
 _ENCODE_ALL = """
 import json, sys
-from dlbhc_caffe.features import Encoder
+from dlbhc_caffe.encode import Encoder
 out = {}
 for name, deploy in json.loads(sys.argv[1]).items():
     try:

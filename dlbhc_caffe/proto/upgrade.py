@@ -10,7 +10,7 @@ results against Caffe's upgrade_net_proto_text and upgrade_solver_proto_text.
 """
 import warnings
 
-from .io import ProtoError
+from .io import ProtoError, parse_text
 from . import dlbhc_caffe_pb2 as pb
 
 V1 = pb.V1LayerParameter
@@ -379,8 +379,6 @@ def text_kind(text, path="<string>"):
     >>> text_kind('layer { name: "a" type: "ReLU" }'), text_kind('net: "n.prototxt" base_lr: 1')
     ('net', 'solver')
     """
-    from .io import parse_text  # noqa: PLC0415
-
     errors = {}
     for kind, message_type in (("net", pb.NetParameter), ("solver", pb.SolverParameter)):
         try:

@@ -31,6 +31,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..datasets.dbread import check_datum, check_records, open_db
 from ..errors import DlbhcError
 from ..proto import ProtoError, filter_net
 from .shapes import ShapeError, UnknownShapeRule, layer_shapes
@@ -171,8 +172,6 @@ def check_training_data(net, source="<net>"):
     classes of the loss or accuracy layer that reads them. Caffe checks only the first record's
     shape and never a label (one past the classes reads outside the scores). Raises RuleError
     naming the layer, the database and the key."""
-    from ..datasets.dbread import check_datum, check_records, open_db  # noqa: PLC0415
-
     data_shapes, layers = {}, [layer for layer in net.layer if layer.type == "Data"]
     for layer in layers:
         culprit = _culprit(source, layer)
