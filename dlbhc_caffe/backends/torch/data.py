@@ -25,6 +25,7 @@ import numpy as np
 
 from ...datasets import dbread
 from ...datasets.db import DatabaseError, detect_backend
+from ...datasets.records import decode_datum
 from ...errors import DlbhcError
 from ...proto import ProtoError, pb, read_mean
 from ...rules.transform import TransformError, check_param, transformed_shape
