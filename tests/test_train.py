@@ -122,7 +122,6 @@ def _write_run(folder, net_text, **solver_fields):
     folder.mkdir(parents=True, exist_ok=True)
     solver_fields.setdefault("lr_policy", "fixed")  # Caffe aborts at the first step without one
     (folder / "net.prototxt").write_text(net_text)
-    solver_fields.setdefault("lr_policy", "fixed")  # Caffe has no default policy (LOG(FATAL))
     solver = pb.SolverParameter(net=str(folder / "net.prototxt"),
                                 snapshot_prefix=str(folder / "snap"), **solver_fields)
     proto.write_text(solver, folder / "solver.prototxt")
