@@ -17,6 +17,7 @@ def cython_extensions():
         Extension(
             os.path.splitext(src)[0].replace(os.sep, "."),
             [src],
+            include_dirs=[os.path.dirname(src)],  # the kernels' C header beside the .pyx
             extra_compile_args=["-O3", "-fopenmp"],
             extra_link_args=["-fopenmp"],
         )
@@ -31,7 +32,8 @@ setup(
     version="0.1.0",
     description="Deep Learning of Binary Hash Codes (CVPRW 2015) on Caffe's own files, in Python",
     packages=find_packages(include=["dlbhc_caffe", "dlbhc_caffe.*"]),
-    package_data={"dlbhc_caffe": ["proto/*.proto", "data/*.txt", "data/**/*.txt"]},
+    package_data={"dlbhc_caffe": ["proto/*.proto", "data/*.txt", "data/**/*.txt",
+                                   "hamming/*.h"]},
     ext_modules=cython_extensions(),
     python_requires=">=3.9",
     install_requires=[

@@ -109,7 +109,7 @@ def bench_protocol(args, rng):
         n_ref = min(n_q, args.numpy_queries)
 
         def numpy_protocol():
-            ids, _ = reference_rank(q01[:n_ref], db01, k)
+            _, ids = reference_rank(q01[:n_ref], db01, k)
             return protocol_metrics(ids, db_labels, q_labels[:n_ref])
 
         seconds, (ref_map, _) = timed(numpy_protocol, 1)

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "hamming": (["bench_hamming.py"], ["--quick"]),
     "prepare": (["bench_prepare.py"], ["--records", "500", "--repeats", "3"]),
     "throughput": (["bench_throughput.py"], ["--repeats", "3"]),
+    "scale": (["bench_scale.py"], ["--quick"]),
 }
 
 

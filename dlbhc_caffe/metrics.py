@@ -275,9 +275,7 @@ def evaluate(database, database_labels, queries, query_labels, *, top_k=1000,
         result.update(map_at_k=float(ap.mean()), precision_at_k=precision,
                       average_precision_at_k=ap)
         if full:
-            if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) \
-                    or radius < 0:
-                raise ValueError(f"radius must be a non-negative integer; got {radius!r}.")
+            hamming.check_radius(radius)
             within, relevant_within, ap_whole = _hamming_buckets(db, q, db_labels, q_labels,
                                                                  dims, threads)
             curve_precision, curve_recall, empty = _curve(within, relevant_within)

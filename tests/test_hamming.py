@@ -107,15 +107,15 @@ def test_rank_equals_stable_argsort_exactly(bits, n_db, distinct, kernel):
     for k in sorted({1, 7, 100, 1000, n_db // 2, n_db - 1, n_db} - {n_db + 3}):
         if k > n_db:
             continue
-        ids, d = hamming.rank(q, db, k, num_threads=1)  # threads: see test_threads_...
+        d, ids = hamming.rank(q, db, k, num_threads=1)  # threads: see test_threads_...
         assert ids.dtype == np.int64 and d.dtype == np.uint16 and ids.shape == (25, k)
         np.testing.assert_array_equal(ids, order[:, :k], err_msg=f"bits={bits} k={k}")
         np.testing.assert_array_equal(d, np.take_along_axis(dist, order[:, :k], axis=1))
-    ref_ids, ref_d = reference.rank(q, db, 100)
-    ids, d = hamming.rank(q, db, 100, num_threads=1)
+    ref_d, ref_ids = reference.rank(q, db, 100)
+    d, ids = hamming.rank(q, db, 100, num_threads=1)
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_array_equal(d, ref_d)
-    whole, _ = hamming.rank(q, db, num_threads=1)  # k=None: the whole database
+    _, whole = hamming.rank(q, db, num_threads=1)  # k=None: the whole database
     np.testing.assert_array_equal(whole, order)
 
 
@@ -130,8 +130,8 @@ def test_rank_when_the_sampled_bound_is_too_low(kernel):
     db[5, :3] ^= 1  # near, but off the sample
     db[7777, :10] ^= 1
     for k in (10, 1024, 1025, 1030, 5000):
-        ids, d = hamming.rank(q, db, k)
-        ref_ids, ref_d = reference.rank(q, db, k)
+        d, ids = hamming.rank(q, db, k)
+        ref_d, ref_ids = reference.rank(q, db, k)
         np.testing.assert_array_equal(ids, ref_ids, err_msg=f"k={k}")
         np.testing.assert_array_equal(d, ref_d)
 
@@ -141,13 +141,13 @@ def test_radius_matches_reference(bits, kernel):
     rng = np.random.default_rng(bits + 1)
     db, q = tied_codes(rng, 2500, bits, 200), tied_codes(rng, 17, bits, 200)
     for r in (0, 1, 2, bits // 3, bits):
-        lims, ids, d = hamming.radius(q, db, r)
-        ref_lims, ref_ids, ref_d = reference.radius(q, db, r)
+        lims, d, ids = hamming.radius(q, db, r)
+        ref_lims, ref_d, ref_ids = reference.radius(q, db, r)
         np.testing.assert_array_equal(lims, ref_lims)
         np.testing.assert_array_equal(ids, ref_ids)
         np.testing.assert_array_equal(d, ref_d)
         assert np.all(d <= r)
-    lims, ids, _ = hamming.radius(q, db, 10**6)  # beyond the code length: everything
+    lims, _, ids = hamming.radius(q, db, 10**6)  # beyond the code length: everything
     assert np.all(np.diff(lims) == len(db))
 
 
@@ -169,9 +169,9 @@ def test_threads_give_the_same_results():
 
 def test_zero_queries_give_empty_results():
     db = np.zeros((5, 12), np.uint8)
-    ids, d = hamming.rank(np.zeros((0, 12), np.uint8), db, 3)
+    d, ids = hamming.rank(np.zeros((0, 12), np.uint8), db, 3)
     assert ids.shape == (0, 3) and d.shape == (0, 3)
-    lims, ids, d = hamming.radius(np.zeros((0, 12), np.uint8), db, 1)
+    lims, d, ids = hamming.radius(np.zeros((0, 12), np.uint8), db, 1)
     assert lims.tolist() == [0] and ids.size == 0
 
 
@@ -224,3 +224,19 @@ def test_docstring_examples():
     for module in (hamming, reference_module):
         failed, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert tried > 0 and failed == 0, module.__name__
+
+
+@pytest.mark.parametrize("distinct", [40, None])
+def test_one_query_split_across_threads_keeps_the_stable_order(distinct, kernel):
+    """Fewer queries than threads: one query's scan is cut into slices, one per thread; the
+    ranking must be the single thread's, ties included, for every k and thread count."""
+    rng = np.random.default_rng(21)
+    n = hamming.SPLIT_MIN + 4321
+    db = hamming.pack_codes(tied_codes(rng, n, 48, distinct))
+    q = db[rng.integers(0, n, 2)]
+    for k in (1, 10, 1000, n // 3 + 5, n):
+        d1, i1 = hamming.rank(q, db, k, num_threads=1)
+        for threads in (2, 3, 7):
+            d, i = hamming.rank(q, db, k, num_threads=threads)
+            np.testing.assert_array_equal(i, i1, err_msg=f"k={k} threads={threads}")
+            np.testing.assert_array_equal(d, d1)

@@ -238,7 +238,7 @@ def test_coarse_to_fine_falls_back_to_the_hamming_top_k():
     # fc7 distances 3, 4, 1, 4: row 4 first, then 2, then the tie 1 / 7 in Hamming-rank order
     assert (ids - 10).tolist() == [[4, 2, 1, 7]]
     np.testing.assert_allclose(distances, [[1, 3, 4, 4]])
-    assert [(rows.tolist(), d.tolist()) for rows, d in search.pools(query, k=4)] == \
+    assert [(rows.tolist(), d.tolist()) for d, rows in search.pools(query, k=4)] == \
         [([2, 1, 4, 7], [0, 1, 1, 1])]
     # k=1 is satisfied by the radius: the pool is just row 2
     assert (search.search(query, query_fc7, k=1)[1] - 10).tolist() == [[2]]
@@ -369,7 +369,9 @@ def search_tool(monkeypatch):
     spec = importlib.util.spec_from_file_location("search_tool", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    from dlbhc_caffe import cli
+
+    return lambda *argv: cli.run(module.main, "search.py", list(argv))
 
 
 @pytest.fixture
@@ -392,7 +394,7 @@ def test_search_tool_index_query_faiss(search_tool, toy_images, capsys):
     t = toy_images
     model = ["--deploy", str(t / "deploy.prototxt"), "--model", str(t / "toy.caffemodel"),
              "--mean-value", "100", "--resize", "8"]
-    assert search_tool.main(["index", *model, "--folder", str(t / "imgs"),
+    assert search_tool(*["index", *model, "--folder", str(t / "imgs"),
                              "--out", str(t / "toy.index"), "--quiet"]) == 0
     index = load_index(t / "toy.index")
     assert index.ntotal == 12 and index.bits == 6 and index.fc7_dim == 5
@@ -400,19 +402,19 @@ def test_search_tool_index_query_faiss(search_tool, toy_images, capsys):
     assert index.meta["model"]["mean_values"] == [100.0]
     query = t / "imgs" / "dogs" / "3.png"
     capsys.readouterr()
-    assert search_tool.main(["query", "--index", str(t / "toy.index"), str(query), "--k", "4",
+    assert search_tool(*["query", "--index", str(t / "toy.index"), str(query), "--k", "4",
                              "--montage", str(t / "m.png")]) == 0
     hits = [line.split() for line in capsys.readouterr().out.splitlines()[2:6]]
     assert [hit[0] for hit in hits] == ["1", "2", "3", "4"]      # rank hamming label id path
     assert str(query.absolute()) in [hit[-1] for hit in hits if hit[1] == "0"]
     assert all(hit[2] == "1" for hit in hits)                    # all dogs
     assert (t / "m.png").stat().st_size > 0
-    assert search_tool.main(["query", "--index", str(t / "toy.index"), str(query), "--k", "4",
+    assert search_tool(*["query", "--index", str(t / "toy.index"), str(query), "--k", "4",
                              "--fine", "--radius", "1", "--montage", str(t / "f.png")]) == 0
     fine_hit = capsys.readouterr().out.splitlines()[2].split()
     assert fine_hit[:3] == ["1", "0", "0.000"]                   # itself: fc7 distance 0
     assert fine_hit[-1] == str(query.absolute())
-    assert search_tool.main(["faiss", "--index", str(t / "toy.index"),
+    assert search_tool(*["faiss", "--index", str(t / "toy.index"),
                              "--out", str(t / "toy.faiss")]) == 0
     assert (t / "toy.faiss").is_file()
 
@@ -421,27 +423,125 @@ def test_search_tool_refuses_bad_input_and_overwrites_nothing(search_tool, toy_i
     t = toy_images
     model = ["--deploy", str(t / "deploy.prototxt"), "--model", str(t / "toy.caffemodel")]
     out = t / "toy.index"
-    assert search_tool.main(["index", *model, "--folder", str(t / "imgs"), "--out", str(out),
+    assert search_tool(*["index", *model, "--folder", str(t / "imgs"), "--out", str(out),
                              "--quiet"]) == 0
     before = out.read_bytes()
     (t / "list.txt").write_text("imgs/cats/0.png\nimgs/cats/missing.png\n")
     capsys.readouterr()
-    assert search_tool.main(["index", *model, "--list", str(t / "list.txt"), "--out",
+    assert search_tool(*["index", *model, "--list", str(t / "list.txt"), "--out",
                              str(out)]) == 2
     assert "already exists; use --force" in capsys.readouterr().err
-    assert search_tool.main(["index", *model, "--list", str(t / "list.txt"), "--out", str(out),
-                             "--force"]) == 2
-    assert "missing.png: no such image file" in capsys.readouterr().err
+    assert search_tool(*["index", *model, "--list", str(t / "list.txt"), "--out", str(out),
+                             "--force", "--strict"]) == 2
+    assert "missing.png" in capsys.readouterr().err
     assert out.read_bytes() == before
     query = str(t / "imgs" / "cats" / "1.png")
     montage_png = t / "never.png"
-    assert search_tool.main(["query", "--index", str(out), query, "--k", "13",
+    assert search_tool(*["query", "--index", str(out), query, "--k", "13",
                              "--montage", str(montage_png)]) == 2
-    assert "k=13 is larger than the index (12 items)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--k=13 is larger than" in err and "(12 items); pass --k <= 12." in err
     (t / "cut.index").write_bytes(before[:-10])
-    assert search_tool.main(["query", "--index", str(t / "cut.index"), query,
+    assert search_tool(*["query", "--index", str(t / "cut.index"), query,
                              "--montage", str(montage_png)]) == 2
     assert "truncated" in capsys.readouterr().err
-    assert search_tool.main(["query", "--index", str(t / "none.index"), query]) == 2
+    assert search_tool(*["query", "--index", str(t / "none.index"), query]) == 2
     assert "no such index file" in capsys.readouterr().err
     assert not montage_png.exists()
+
+
+def test_search_tool_resumes_shards_merges_and_skips(search_tool, toy_images, monkeypatch,
+                                                      capsys):
+    import json
+
+    from dlbhc_caffe.search import workflow
+
+    t = toy_images
+    # batch size 1: an engine's float rounding may depend on the batch, and shards or a resumed
+    # build batch the images differently from one run
+    model = ["--deploy", str(t / "deploy.prototxt"), "--model", str(t / "toy.caffemodel"),
+             "--mean-value", "100", "--resize", "8", "--quiet", "--batch-size", "1"]
+    src = ["--folder", str(t / "imgs")]
+    assert search_tool("index", *model, *src, "--out", str(t / "full.index")) == 0
+    full = load_index(t / "full.index")
+    assert full.build["complete"] and full.build["skipped"] == 0
+    # the in-memory build (for a few images) gives the same index
+    memory = workflow.build_index(workflow.Model.from_files(
+        t / "deploy.prototxt", t / "toy.caffemodel", mean_values=[100], resize=8),
+        *workflow.scan_images(t / "imgs"), batch_size=1)
+    for name in ("packed", "ids", "labels", "fc7"):
+        np.testing.assert_array_equal(getattr(memory, name), getattr(full, name))
+
+    # killed after the first commit: the partial file is a valid index; a rerun continues
+    monkeypatch.setattr(workflow, "COMMIT_EVERY", 4)
+    real_encode, calls = workflow._encode, []
+
+    def interrupted(encoder, inputs):
+        calls.append(1)
+        if len(calls) == 3:   # the width probe, the first batch, then Ctrl-C
+            raise KeyboardInterrupt
+        return real_encode(encoder, inputs)
+
+    monkeypatch.setattr(workflow, "_encode", interrupted)
+    out = t / "resumed.index"
+    assert search_tool("index", *model, *src, "--out", str(out)) == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+    partial = load_index(str(out) + ".partial")
+    assert not out.exists() and partial.ntotal == 4 and partial.build["done"] == 4
+    monkeypatch.setattr(workflow, "_encode", real_encode)
+    assert search_tool("index", *model, *src, "--out", str(out)) == 0
+    resumed = load_index(out)
+    assert not (t / "resumed.index.partial").exists()
+    for name in ("packed", "ids", "labels", "fc7"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(full, name))
+    assert resumed.paths == full.paths
+
+    # shards 1/3..3/3, merged, give the one-go index; fc7 float16 halves fc7
+    for i in (1, 2, 3):
+        assert search_tool("index", *model, *src, "--shard", f"{i}/3",
+                           "--out", str(t / f"s{i}.index")) == 0
+    assert search_tool("merge", *(str(t / f"s{i}.index") for i in (2, 3, 1)),
+                       "--out", str(t / "merged.index")) == 0
+    merged = load_index(t / "merged.index")
+    for name in ("packed", "ids", "labels", "fc7"):
+        np.testing.assert_array_equal(getattr(merged, name), getattr(full, name))
+    assert merged.paths == full.paths
+    assert search_tool("index", *model, *src, "--fc7", "float16", "--out",
+                       str(t / "half.index")) == 0
+    assert load_index(t / "half.index").fc7.dtype == np.float16
+
+    # unreadable images are skipped and listed; --strict stops at the first
+    (t / "imgs" / "cats" / "broken.png").write_bytes(b"not a png")
+    capsys.readouterr()
+    assert search_tool("index", *model, *src, "--out", str(t / "skip.index")) == 0
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.err and "1 unreadable image(s) skipped" in captured.out
+    skip = load_index(t / "skip.index")
+    assert skip.ntotal == 12 and skip.build["skipped"] == 1
+    assert search_tool("index", *model, *src, "--strict", "--out", str(t / "strict.index")) == 2
+    assert "broken.png" in capsys.readouterr().err and not (t / "strict.index").exists()
+    (t / "broken.txt").write_text("imgs/cats/broken.png\n")
+    assert search_tool("index", *model, "--list", str(t / "broken.txt"), "--out",
+                       str(t / "none.index")) == 2
+    assert "none of the 1 images could be read" in capsys.readouterr().err
+    assert not list(t.glob("none.index*"))
+
+    # --fine says when its pool is the fallback (text and JSON); --json prints one document
+    query = str(t / "imgs" / "dogs" / "3.png")
+    capsys.readouterr()
+    assert search_tool("query", "--index", str(t / "full.index"), query, "--k", "12",
+                       "--fine", "--radius", "0", "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc[0]["image"] == query and doc[0]["fallback"] is True
+    assert len(doc[0]["results"]) == 12
+    assert set(doc[0]["results"][0]) == {"id", "path", "label", "distance", "fc7_distance"}
+    png = t / "q.png"
+    assert search_tool("query", "--index", str(t / "full.index"), query, "--k", "12",
+                       "--fine", "--radius", "0", "--montage", str(png)) == 0
+    assert "fallback: fewer than 12 items" in capsys.readouterr().out
+    # the montage is not overwritten without --force
+    assert search_tool("query", "--index", str(t / "full.index"), query, "--montage",
+                       str(png)) == 2
+    assert "already exists; use --force" in capsys.readouterr().err
+    assert search_tool("query", "--index", str(t / "full.index"), query, "--montage", str(png),
+                       "--force") == 0

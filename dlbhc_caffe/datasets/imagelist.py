@@ -79,6 +79,13 @@ def parse_list(list_file, images_root=None):
     return list(zip(paths, labels.tolist()))
 
 
+def image_files(folder):
+    """The image files below ``folder`` (any depth, IMAGE_SUFFIXES, any case), sorted: the one
+    scanner of image folders (prepare's --folder, search's --folder)."""
+    return sorted(p for p in Path(folder).rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def scan_folder(folder, class_names=None):
     """([(absolute path, label)], class names) of a folder of class sub-folders."""
     folder = Path(folder)
@@ -99,8 +106,7 @@ def scan_folder(folder, class_names=None):
         sub = folder / name
         if not sub.is_dir():
             continue
-        files = sorted(p for p in sub.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(sub)
         entries.extend((str(p.absolute()), label) for p in files)
     if not entries:
         raise DatasetError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")

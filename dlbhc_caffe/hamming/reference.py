@@ -6,9 +6,9 @@ validation.
 
 >>> import numpy as np
 >>> from dlbhc_caffe.hamming import reference
->>> ids, d = reference.rank([[1, 1, 0]], [[0, 0, 0], [1, 1, 1], [1, 1, 0]], 2)
->>> ids.tolist(), d.tolist()
-([[2, 1]], [[0, 1]])
+>>> d, ids = reference.rank([[1, 1, 0]], [[0, 0, 0], [1, 1, 1], [1, 1, 0]], 2)
+>>> d.tolist(), ids.tolist()
+([[0, 1]], [[2, 1]])
 """
 import numpy as np
 
@@ -49,15 +49,15 @@ def hamming_distances(queries, database, chunk=256):
 
 
 def rank(queries, database, k=None):
-    """(ids int64, distances uint16) of the k nearest items, ``argsort(kind="stable")`` order."""
+    """(distances uint16, ids int64) of the k nearest items, ``argsort(kind="stable")`` order."""
     dist = hamming_distances(queries, database)
     k = dist.shape[1] if k is None else k
     ids = np.argsort(dist, axis=1, kind="stable")[:, :k].astype(np.int64)
-    return ids, np.take_along_axis(dist, ids, axis=1)
+    return np.take_along_axis(dist, ids, axis=1), ids
 
 
 def radius(queries, database, r):
-    """(lims, ids, distances) of the items within distance r, by distance then database index."""
+    """(lims, distances, ids) of the items within distance r, by distance then database index."""
     dist = hamming_distances(queries, database)
     ids, dists = [], []
     for row in dist:
@@ -68,5 +68,5 @@ def radius(queries, database, r):
     lims = np.zeros(len(ids) + 1, dtype=np.int64)
     lims[1:] = np.cumsum([len(x) for x in ids])
     if not ids:
-        return lims, np.zeros(0, np.int64), np.zeros(0, np.uint16)
-    return lims, np.concatenate(ids), np.concatenate(dists).astype(np.uint16)
+        return lims, np.zeros(0, np.uint16), np.zeros(0, np.int64)
+    return lims, np.concatenate(dists).astype(np.uint16), np.concatenate(ids)

@@ -17,9 +17,10 @@ and an :class:`Fc7Reranker` (fine).
 >>> ids.tolist(), distances.tolist()    # item 2 is close in fc7 but 3 bits away: not a candidate
 ([[1, 0]], [[1.0, 5.0]])
 """
-import numbers
-
 import numpy as np
+
+from .. import hamming
+from ..errors import DlbhcError
 
 DEFAULT_RADIUS = 2  # "within Hamming radius 2", the customary hash lookup radius
 
@@ -72,6 +73,7 @@ class CoarseToFine:
         self.index = index
         self.reranker = reranker
         self.radius = radius
+        self.fallback = None  # per query of the last search: True when its pool was the top k
 
     @property
     def d(self):
@@ -83,26 +85,22 @@ class CoarseToFine:
 
     def _fine(self):
         if self.index.ntotal == 0:
-            raise ValueError("the index is empty (ntotal = 0): add database codes before "
+            raise DlbhcError("the index is empty (ntotal = 0): add database codes before "
                              "searching")
         reranker = self.reranker
         if reranker is None:
             if self.index.fc7 is None:
-                raise ValueError("the index holds no fc7 features, so there is no fine level: "
+                raise DlbhcError("the index holds no fc7 features, so there is no fine level: "
                                  "build the index with fc7 (tools/search.py index does), or give "
                                  "a reranker")
             reranker = Fc7Reranker(self.index.fc7)
         if reranker.ntotal != self.index.ntotal:
-            raise ValueError(f"the reranker has {reranker.ntotal} fc7 rows but the index has "
+            raise DlbhcError(f"the reranker has {reranker.ntotal} fc7 rows but the index has "
                              f"{self.index.ntotal} items: they must be row-aligned")
         return reranker
 
     def _radius(self, radius):
-        r = self.radius if radius is None else radius
-        if not isinstance(r, numbers.Integral) or isinstance(r, bool) or r < 0:
-            raise ValueError(f"the radius must be a non-negative integer (a Hamming distance), "
-                             f"got {r!r}")
-        return int(r)
+        return hamming.check_radius(self.radius if radius is None else radius)
 
     def _queries(self, queries, fc7, fine):
         codes = _batch(queries)
@@ -110,27 +108,30 @@ class CoarseToFine:
         if fc7.ndim == 1:
             fc7 = fc7.reshape(1, -1)
         if fc7.ndim != 2 or fc7.shape[0] != codes.shape[0]:
-            raise ValueError(f"{codes.shape[0]} query code(s) but fc7 of shape {fc7.shape}: give "
+            raise DlbhcError(f"{codes.shape[0]} query code(s) but fc7 of shape {fc7.shape}: give "
                              f"one fc7 row per query")
         if fc7.shape[1] != fine.d:
-            raise ValueError(f"query fc7 rows are {fc7.shape[1]} wide but the index's are "
+            raise DlbhcError(f"query fc7 rows are {fc7.shape[1]} wide but the index's are "
                              f"{fine.d}: they must come from the same model")
         return codes, fc7
 
     def pools(self, queries, k=1, radius=None):
-        """Each query's candidate pool as (rows, Hamming distances) in Hamming-rank order: the
-        items within ``radius``, or the top k of the Hamming ranking when fewer than k are.
+        """Each query's candidate pool as (Hamming distances, rows) in Hamming-rank order: the
+        items within ``radius``, or the top k of the Hamming ranking when fewer than k are
+        (the fallback; :attr:`fallback` then says which queries took it).
         """
         r = self._radius(radius)
         k = self.index.check_k(k) if self.index.ntotal else k
-        lims, rows, distances = self.index.within(queries, r)
-        pools = [(rows[lims[i]:lims[i + 1]], distances[lims[i]:lims[i + 1]])
+        lims, distances, rows = self.index.within(queries, r)
+        pools = [(distances[lims[i]:lims[i + 1]], rows[lims[i]:lims[i + 1]])
                  for i in range(len(lims) - 1)]
-        short = [i for i, (pool, _) in enumerate(pools) if len(pool) < k]
+        short = [i for i, (_, pool) in enumerate(pools) if len(pool) < k]
         if short:
-            top_rows, top_distances = self.index.rank(_batch(queries)[short], k)
+            top_distances, top_rows = self.index.rank(_batch(queries)[short], k)
             for j, i in enumerate(short):
-                pools[i] = (top_rows[j], top_distances[j])
+                pools[i] = (top_distances[j], top_rows[j])
+        self.fallback = np.zeros(len(pools), bool)
+        self.fallback[short] = True
         return pools
 
     def search(self, queries, fc7, k, radius=None):
@@ -143,7 +144,7 @@ class CoarseToFine:
         k = int(k)
         out_d = np.empty((len(pools), k), np.float32)
         out_i = np.empty((len(pools), k), np.int64)
-        for i, (rows, _) in enumerate(pools):
+        for i, (_, rows) in enumerate(pools):
             distances, ranked = fine.rerank(fc7[i], rows)
             out_d[i], out_i[i] = distances[:k], self.index.ids[ranked[:k]]
         return out_d, out_i
@@ -154,7 +155,7 @@ class CoarseToFine:
         """
         fine = self._fine()
         codes, fc7 = self._queries(queries, fc7, fine)
-        lims, rows, _ = self.index.within(codes, self._radius(radius))
+        lims, _, rows = self.index.within(codes, self._radius(radius))
         out_d = np.empty(len(rows), np.float32)
         out_i = np.empty(len(rows), np.int64)
         for i in range(len(lims) - 1):

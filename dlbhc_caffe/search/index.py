@@ -1,9 +1,7 @@
-"""The index: packed hash codes, fc7 features, ids, paths and labels, searched by Hamming ranking.
+"""The index file: packed hash codes, fc7 features, ids, paths and labels, memory-mapped.
 
-A faiss-shaped surface (``d``, ``ntotal``, ``add``, ``search``, ``range_search``, ``reset``) over
-:mod:`dlbhc_caffe.hamming`: ``search`` ranks the whole index by Hamming distance with ties in
-index order (the original's stable sort) and returns the top k; ``range_search`` returns every item
-within Hamming distance r (``distance <= r``; faiss's binary range_search is ``< r``).
+:class:`HashIndex` is :class:`~dlbhc_caffe.search.hashindex.HashIndexCore` (the in-memory index
+and its Hamming search) with ``save`` and ``load``.
 
 On disk (``.index``), little-endian::
 
@@ -12,10 +10,13 @@ On disk (``.index``), little-endian::
 The JSON header gives bits, ntotal, the words per code, the fc7 width, whether labels are known,
 free-form ``meta`` (the model that made the codes), and each section's offset and length; the
 sections are codes (uint64 words, as :func:`dlbhc_caffe.hamming.pack_codes` packs them), ids
-(int64), labels (int64), fc7 (float32 rows) and paths (int64 offsets + UTF-8 bytes), each
+(int64), labels (int64), fc7 (float32 or float16 rows, the header's ``fc7_dtype``) and paths
+(int64 offsets + UTF-8 bytes), each
 64-byte aligned so that :meth:`HashIndex.load` memory-maps them read-only without copying. Loading
 checks the magic, the version, and every section against the file's length: a truncated file is
-an :class:`IndexFormatError` that says how many bytes are missing.
+an :class:`IndexFormatError` that says how many bytes are missing. Sections may lie apart (an index
+built by streaming reserves room for every row it will hold, see
+:mod:`dlbhc_caffe.search.builder`); a ``build`` entry in the header says how far such a build got.
 
 >>> import numpy as np
 >>> index = HashIndex(bits=4)
@@ -27,14 +28,13 @@ an :class:`IndexFormatError` that says how many bytes are missing.
 import json
 import math
 import numbers
-import os
 from pathlib import Path
 
 import numpy as np
 
-from .. import hamming
-from ..fileio import atomic_path
 from ..errors import DlbhcError
+from ..fileio import atomic_path
+from .hashindex import FC7_DTYPES, HashIndexCore
 
 MAGIC = b"DLBHCIDX"
 VERSION = 1
@@ -45,284 +45,16 @@ _DTYPES = {"codes": "<u8", "ids": "<i8", "labels": "<i8", "fc7": "<f4", "path_of
            "path_bytes": "u1"}
 
 
-class IndexFormatError(DlbhcError):
-    """An index file that cannot be read: not an index, another version, or truncated."""
-
-
 def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-class HashIndex:
-    """Hash codes of a database, with what each item is, searched by Hamming distance.
+class IndexFormatError(DlbhcError):
+    """An index file that cannot be read: not an index, another version, or truncated."""
 
-    bits: the code length (``d``, as faiss's binary indexes count it).
-    meta: a JSON-serialisable dict saved with the index (e.g. the model that made the codes).
 
-    Rows are kept in the order added. ``ids`` default to the row numbers; ``paths`` to "";
-    ``labels`` and ``fc7`` are optional but all-or-none: once the index holds them every add must
-    bring them, and an index without them cannot take them later.
-    """
-
-    def __init__(self, bits, meta=None):
-        if not _is_int(bits) or bits < 1:
-            raise ValueError(f"bits must be a positive integer, got {bits!r}")
-        self.bits = int(bits)
-        self.meta = dict(meta or {})
-        self.reset()
-
-    # ------------------------------------------------------------ the faiss surface
-
-    @property
-    def d(self):
-        """The code length in bits (faiss's ``d`` for binary indexes)."""
-        return self.bits
-
-    @property
-    def words(self):
-        """uint64 words per packed code."""
-        return (self.bits + 63) // 64
-
-    @property
-    def ntotal(self):
-        return int(self._packed.shape[0])
-
-    def __len__(self):
-        return self.ntotal
-
-    def __repr__(self):
-        extra = "".join([f", fc7={self.fc7_dim}" if self._fc7 is not None else "",
-                         ", labels" if self._labels is not None else ""])
-        return f"HashIndex(bits={self.bits}, ntotal={self.ntotal}{extra})"
-
-    def reset(self):
-        """Remove every item (bits and meta stay)."""
-        self._packed = np.zeros((0, self.words), np.uint64)
-        self._ids = np.zeros(0, np.int64)
-        self._labels = None
-        self._fc7 = None
-        self._path_offsets = np.zeros(1, np.int64)
-        self._path_bytes = np.zeros(0, np.uint8)
-        self._row_of_id = None
-        self.path = None  # the file this index was loaded from, if any
-
-    def add(self, codes, fc7=None, ids=None, paths=None, labels=None):
-        """Append items: codes (n x bits, 0/1), and per item optionally fc7 (n x D), ids, paths and
-        labels. Everything is checked before anything is added.
-        """
-        packed = self._pack(codes, "codes")
-        n = packed.shape[0]
-        fc7 = self._check_fc7(fc7, n)
-        ids = self._check_ids(ids, n)
-        labels = self._check_labels(labels, n)
-        encoded = self._check_paths(paths, n)
-        if n == 0:
-            return
-        self._packed = np.concatenate([self._packed, packed])
-        self._ids = np.concatenate([self._ids, ids])
-        if labels is not None:
-            base = self._labels if self._labels is not None else np.zeros(0, np.int64)
-            self._labels = np.concatenate([base, labels])
-        if fc7 is not None:
-            base = self._fc7 if self._fc7 is not None else np.zeros((0, fc7.shape[1]), np.float32)
-            self._fc7 = np.concatenate([base, fc7])
-        lengths = np.array([len(p) for p in encoded], np.int64)
-        offsets = self._path_offsets[-1] + np.cumsum(lengths)
-        self._path_offsets = np.concatenate([self._path_offsets, offsets])
-        self._path_bytes = np.concatenate(
-            [self._path_bytes, np.frombuffer(b"".join(encoded), np.uint8)])
-        self._row_of_id = None
-
-    def search(self, queries, k):
-        """(distances int32 [nq, k], ids int64 [nq, k]): the k nearest items of each query by
-        Hamming distance, ties in index order. ``k`` must not exceed ``ntotal``.
-        """
-        rows, distances = self.rank(queries, k)
-        return distances.astype(np.int32), self._ids[rows]
-
-    def range_search(self, queries, r):
-        """Every item within Hamming distance r (``<= r``) of each query, faiss-style:
-        ``(lims, distances, ids)``; query i's results are ``[lims[i]:lims[i + 1]]``, ordered by
-        distance and then index order.
-        """
-        lims, rows, distances = self.within(queries, r)
-        return lims, distances.astype(np.int32), self._ids[rows]
-
-    # ------------------------------------------------------------ rows (for composites)
-
-    def rank(self, queries, k):
-        """(rows int64 [nq, k], distances uint16 [nq, k]) of the Hamming ranking's top k."""
-        packed = self._check_queries(queries)
-        return hamming.rank(packed, self._packed, self.check_k(k))
-
-    def check_k(self, k):
-        """``k`` as an int, if it is a positive integer no larger than ``ntotal``."""
-        if not _is_int(k) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        if k > self.ntotal:
-            raise ValueError(f"k={k} is larger than the index ({self.ntotal} items): ask for at "
-                             f"most {self.ntotal}")
-        return int(k)
-
-    def within(self, queries, r):
-        """(lims, rows, distances) of every item within Hamming distance r (``<= r``)."""
-        packed = self._check_queries(queries)
-        if not _is_int(r) or r < 0:
-            raise ValueError(f"r must be a non-negative integer (a Hamming distance), got {r!r}")
-        return hamming.radius(packed, self._packed, int(r))
-
-    def hamming_to(self, queries, rows):
-        """Hamming distances (uint16 [nq, len(rows)]) from each query to the given rows."""
-        packed = self._check_queries(queries)
-        rows = np.asarray(rows, np.int64).ravel()
-        return hamming.hamming_distances(packed, np.ascontiguousarray(self._packed[rows]))
-
-    def rows_of(self, ids):
-        """Row numbers of the given ids (each must be in the index)."""
-        ids = np.asarray(ids, np.int64)
-        if self._row_of_id is None:
-            order = np.argsort(self._ids, kind="stable")
-            self._row_of_id = (self._ids[order], order)
-        sorted_ids, order = self._row_of_id
-        if len(sorted_ids) == 0:
-            raise KeyError("the index is empty: it has no ids")
-        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
-        missing = sorted_ids[pos] != ids
-        if np.any(missing):
-            raise KeyError(f"id {int(ids[missing].ravel()[0])} is not in the index")
-        return order[pos]
-
-    # ------------------------------------------------------------ contents
-
-    @property
-    def packed(self):
-        """Codes packed by :func:`dlbhc_caffe.hamming.pack_codes`, uint64 [ntotal, words]."""
-        return self._packed
-
-    @property
-    def codes(self):
-        """Codes as 0/1 uint8 [ntotal, bits]."""
-        if self.ntotal == 0:
-            return np.zeros((0, self.bits), np.uint8)
-        return hamming.unpack_codes(np.ascontiguousarray(self._packed), self.bits)
-
-    @property
-    def ids(self):
-        return self._ids
-
-    @property
-    def labels(self):
-        """int64 [ntotal], or None when the items' labels are not known."""
-        return self._labels
-
-    @property
-    def fc7(self):
-        """float32 [ntotal, D], or None when the index holds no fc7 features."""
-        return self._fc7
-
-    @property
-    def fc7_dim(self):
-        return None if self._fc7 is None else int(self._fc7.shape[1])
-
-    @property
-    def paths(self):
-        """Every item's path, as a list of str."""
-        return self.paths_of(np.arange(self.ntotal))
-
-    def paths_of(self, rows):
-        """The paths of the given rows (a list of str)."""
-        data = self._path_bytes
-        offsets = self._path_offsets
-        return [bytes(data[offsets[r]:offsets[r + 1]]).decode("utf-8")
-                for r in np.asarray(rows, np.int64).ravel()]
-
-    # ------------------------------------------------------------ checks
-
-    def _pack(self, codes, name):
-        arr = np.asarray(codes)
-        if arr.ndim == 1 and arr.dtype != np.uint64:
-            arr = arr.reshape(1, -1)  # a single code is a batch of one
-        if arr.ndim == 2 and arr.shape[0] == 0:
-            if arr.shape[1] not in (0, self.bits):
-                raise ValueError(f"{name} have {arr.shape[1]} bits per code but the index holds "
-                                 f"{self.bits}-bit codes")
-            return np.zeros((0, self.words), np.uint64)
-        packed, bits = hamming.as_packed(arr, name)
-        if bits is not None and bits != self.bits:
-            raise ValueError(f"{name} have {bits} bits per code but the index holds "
-                             f"{self.bits}-bit codes: they must come from the same model")
-        if bits is None and packed.shape[1] != self.words:
-            raise ValueError(f"packed {name} have {packed.shape[1]} word(s) per code but the "
-                             f"index's {self.bits}-bit codes take {self.words}")
-        return packed
-
-    def _check_queries(self, queries):
-        if self.ntotal == 0:
-            raise ValueError("the index is empty (ntotal = 0): add database codes before "
-                             "searching")
-        packed = self._pack(queries, "queries")
-        if packed.shape[0] == 0:
-            raise ValueError("no queries were given (0 codes)")
-        return packed
-
-    def _check_fc7(self, fc7, n):
-        if fc7 is None:
-            if self._fc7 is not None:
-                raise ValueError(f"the index holds fc7 features ({self.fc7_dim} wide): add fc7 "
-                                 f"for the {n} new items too")
-            return None
-        fc7 = np.asarray(fc7, np.float32)
-        if fc7.ndim != 2 or fc7.shape[0] != n:
-            raise ValueError(f"fc7 must be one row per code ({n} x D), got shape {fc7.shape}")
-        if self._fc7 is None and self.ntotal > 0:
-            raise ValueError(f"the index's {self.ntotal} items have no fc7 features, so new items "
-                             f"cannot bring them; build a new index with fc7 for all items")
-        if self._fc7 is not None and fc7.shape[1] != self.fc7_dim:
-            raise ValueError(f"fc7 rows are {fc7.shape[1]} wide but the index's are "
-                             f"{self.fc7_dim}: they must come from the same model")
-        if not np.all(np.isfinite(fc7)):
-            raise ValueError("fc7 holds NaN or infinite values")
-        return fc7
-
-    def _check_ids(self, ids, n):
-        if ids is None:
-            start = int(self._ids.max()) + 1 if self.ntotal else 0
-            return np.arange(start, start + n, dtype=np.int64)
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or len(ids) != n or (n and ids.dtype.kind not in "iu"):
-            raise ValueError(f"ids must be {n} integers (one per code), got {ids.dtype} of shape "
-                             f"{ids.shape}")
-        ids = ids.astype(np.int64)
-        everything = np.concatenate([self._ids, ids])
-        if len(np.unique(everything)) != len(everything):
-            raise ValueError("ids must be unique: some given ids repeat or are already in the "
-                             "index")
-        return ids
-
-    def _check_labels(self, labels, n):
-        if labels is None:
-            if self._labels is not None:
-                raise ValueError(f"the index holds labels: give labels for the {n} new items too")
-            return None
-        labels = np.asarray(labels)
-        if labels.ndim != 1 or len(labels) != n:
-            raise ValueError(f"{labels.size} labels for {n} codes: give one label per code")
-        if n and labels.dtype.kind not in "iu":
-            raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-        if self._labels is None and self.ntotal > 0:
-            raise ValueError(f"the index's {self.ntotal} items have no labels, so new items "
-                             f"cannot bring them")
-        return labels.astype(np.int64)
-
-    def _check_paths(self, paths, n):
-        if paths is None:
-            return [b""] * n
-        paths = [os.fspath(p) for p in paths]
-        if len(paths) != n:
-            raise ValueError(f"{len(paths)} paths for {n} codes: give one path per code")
-        return [p.encode("utf-8") for p in paths]
-
-    # ------------------------------------------------------------ disk
+class HashIndex(HashIndexCore):
+    """The index (see :class:`~dlbhc_caffe.search.hashindex.HashIndexCore`) with its file."""
 
     def save(self, path):
         """Write the index to ``path`` (whole or not at all: a temporary file, renamed)."""
@@ -334,42 +66,62 @@ class HashIndex:
         return load_index(path, mmap=mmap)
 
 
-def _aligned(offset):
+def aligned(offset):
     return (offset + ALIGN - 1) // ALIGN * ALIGN
 
 
+def dtypes(fc7_dtype="float32"):
+    """Each section's little-endian dtype, fc7's as the header says."""
+    kinds = dict(_DTYPES, fc7=FC7_DTYPES[fc7_dtype])
+    return {name: np.dtype(kind) for name, kind in kinds.items()}
+
+
+def header_of(index):
+    """The JSON header of ``index``, without sections and sizes."""
+    return {"format": "dlbhc-caffe hash index", "bits": index.bits, "ntotal": index.ntotal,
+            "words": index.words, "fc7_dim": index.fc7_dim, "fc7_dtype": index.fc7_dtype,
+            "labels": index.labels is not None, "meta": index.meta, "sections": {}}
+
+
+def section_names(labels, fc7):
+    """The sections an index file holds, in file order."""
+    return (["codes", "ids"] + (["labels"] if labels else []) + (["fc7"] if fc7 else [])
+            + ["path_offsets", "path_bytes"])
+
+
 def _sections(index):
-    arrays = {"codes": index._packed, "ids": index._ids}
-    if index._labels is not None:
-        arrays["labels"] = index._labels
-    if index._fc7 is not None:
-        arrays["fc7"] = index._fc7
-    arrays["path_offsets"] = index._path_offsets
-    arrays["path_bytes"] = index._path_bytes
-    return {name: np.ascontiguousarray(a, dtype=_DTYPES[name]) for name, a in arrays.items()}
+    arrays = {"codes": index.packed, "ids": index.ids, "labels": index.labels, "fc7": index.fc7,
+              "path_offsets": index.path_offsets, "path_bytes": index.path_bytes}
+    kinds = dtypes(index.fc7_dtype)
+    return {name: np.ascontiguousarray(arrays[name], dtype=kinds[name])
+            for name in section_names(index.labels is not None, index.fc7 is not None)}
+
+
+def encode_header(header):
+    """The file's first bytes: magic, version, header length, header."""
+    body = json.dumps(header).encode()
+    return MAGIC + np.array([VERSION, len(body)], "<u4").tobytes() + body
 
 
 def save_index(index, path):
     """Write ``index`` to ``path`` atomically; returns the path."""
     path = Path(path)
     arrays = _sections(index)
-    header = {"format": "dlbhc-caffe hash index", "bits": index.bits, "ntotal": index.ntotal,
-              "words": index.words, "fc7_dim": index.fc7_dim,
-              "labels": index._labels is not None, "meta": index.meta, "sections": {}}
+    header = header_of(index)
     # The header holds the offsets, which depend on the header's length: place the sections after
     # a header padded to a generous fixed size, then fill in the numbers.
     body = json.dumps(header).encode()
-    reserve = _aligned(_PREFIX + len(body) + 64 * (len(arrays) + 2) + 64)
+    reserve = aligned(_PREFIX + len(body) + 64 * (len(arrays) + 2) + 64)
     offset = reserve
     for name, array in arrays.items():
         header["sections"][name] = [offset, int(array.nbytes)]
-        offset = _aligned(offset + array.nbytes)
+        offset = aligned(offset + array.nbytes)
     header["file_size"] = offset
-    body = json.dumps(header).encode()
-    if _PREFIX + len(body) > reserve:  # cannot happen: the reserve covers every number we add
+    prefix = encode_header(header)
+    if len(prefix) > reserve:  # cannot happen: the reserve covers every number we add
         raise AssertionError("index header outgrew its reserve")
     with atomic_path(path) as tmp, open(tmp, "wb") as out:
-        out.write(MAGIC + np.array([VERSION, len(body)], "<u4").tobytes() + body)
+        out.write(prefix)
         for name, array in arrays.items():
             start = header["sections"][name][0]
             out.write(b"\0" * (start - out.tell()))
@@ -404,6 +156,11 @@ def _read_header(path, size):
     return header
 
 
+def read_header(path):
+    """The JSON header of the index file at ``path`` (magic and version checked)."""
+    return _read_header(Path(path), Path(path).stat().st_size)
+
+
 def load_index(path, mmap=True):
     """Read a hash index written by :meth:`HashIndex.save`.
 
@@ -417,6 +174,10 @@ def load_index(path, mmap=True):
     size = path.stat().st_size
     header = _read_header(path, size)
     bits, ntotal, words, sections, fc7_dim, expected_size = check_header(path, header)
+    if header.get("fc7_dtype", "float32") not in FC7_DTYPES:
+        raise IndexFormatError(f"{path}: header field 'fc7_dtype' must be one of "
+                               f"{', '.join(FC7_DTYPES)}, got {header.get('fc7_dtype')!r}")
+    kinds = dtypes(header.get("fc7_dtype", "float32"))
     if expected_size > size:
         raise IndexFormatError(f"{path}: truncated: the file is {size} bytes, its header says "
                                f"{expected_size} ({expected_size - size} missing)")
@@ -427,9 +188,9 @@ def load_index(path, mmap=True):
               "fc7": (ntotal, fc7_dim or 0), "path_offsets": (ntotal + 1,)}
     arrays = {}
     for name, (offset, nbytes) in sections.items():
-        if name not in _DTYPES:
+        if name not in kinds:
             raise IndexFormatError(f"{path}: unknown section '{name}'")
-        dtype = np.dtype(_DTYPES[name])
+        dtype = np.dtype(kinds[name])
         shape = shapes.get(name, (nbytes // dtype.itemsize,))
         want = math.prod(shape) * dtype.itemsize
         if nbytes != want or offset < _PREFIX or offset + nbytes > size:
@@ -448,14 +209,11 @@ def load_index(path, mmap=True):
             raise IndexFormatError(f"{path}: section '{name}' is missing")
     check_sections(path, bits, arrays)
     offsets = arrays["path_offsets"]
-    index = HashIndex(bits, meta=header.get("meta"))
-    index._packed = arrays["codes"]
-    index._ids = arrays["ids"]
-    index._labels = arrays.get("labels")
-    index._fc7 = arrays.get("fc7")
-    index._path_offsets = offsets
-    index._path_bytes = arrays["path_bytes"]
+    index = HashIndex(bits, meta=header.get("meta"), fc7_dtype=kinds["fc7"].name)
+    index.adopt(arrays["codes"], arrays["ids"], arrays.get("labels"), arrays.get("fc7"),
+                offsets, arrays["path_bytes"])
     index.path = path
+    index.build = header.get("build")
     return index
 
 

@@ -12,19 +12,23 @@ images exactly as the database was encoded without being told the model again.
 [(1, 1, 1, 0.1), (2, 0, 0, 0.9)]
 """
 import datetime
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..datasets.imagelist import read_list
-from ..encode import THRESHOLD, EncodeError, Model
+from ..datasets import imagelist
+from ..encode import THRESHOLD, EncodeError, Model, read_image
+from ..errors import DlbhcError
 from ..montage import Tile
+from . import builder
+from .builder import IndexWriter
 from .coarse_to_fine import DEFAULT_RADIUS, CoarseToFine
 from .index import HashIndex
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm",
-                  ".webp"}
+COMMIT_EVERY = 256  # images encoded between two commits of a streaming build
 
 
 # ---------------------------------------------------------------- image sources
@@ -32,11 +36,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".pp
 def read_image_list(list_file, root=None):
     """(paths, labels or None) of a list file: one image a line, ``path`` or ``path label``
     (convert_imageset's format; see :func:`dlbhc_caffe.datasets.imagelist.read_list`)."""
-    return read_list(list_file, root, require_labels=False)
+    return imagelist.read_list(list_file, root, require_labels=False)
 
 
 def scan_images(folder):
-    """(paths, labels or None) of the image files below ``folder``, sorted.
+    """(paths, labels or None) of the image files below ``folder``, sorted
+    (:func:`dlbhc_caffe.datasets.imagelist.image_files`).
 
     When every image lies in a sub-folder, the sub-folders are classes (sorted names -> labels
     0, 1, ...), as prepare's --folder; otherwise there are no labels.
@@ -44,10 +49,10 @@ def scan_images(folder):
     folder = Path(folder)
     if not folder.is_dir():
         raise EncodeError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = imagelist.image_files(folder)
     if not files:
-        raise EncodeError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise EncodeError(f"{folder}: no image files "
+                          f"({', '.join(sorted(imagelist.IMAGE_SUFFIXES))})")
     paths = [str(p.absolute()) for p in files]
     if all(p.parent != folder for p in files):
         classes = sorted({p.relative_to(folder).parts[0] for p in files})
@@ -66,14 +71,127 @@ def index_features(features, meta=None):
     return index
 
 
+def _readable(transform, paths, strict):
+    """(prepared inputs, kept positions, skipped [(path, why)]) of a batch of image files."""
+    inputs, kept, skipped = [], [], []
+    for position, path in enumerate(paths):
+        try:
+            inputs.append(transform.prepare_image(read_image(path, transform.channels)))
+            kept.append(position)
+        except (EncodeError, OSError) as err:
+            if strict:
+                raise EncodeError(f"{err} (--strict stops at the first unreadable image; "
+                                  f"without it such images are skipped and listed)") from None
+            skipped.append((path, str(err)))
+    return inputs, kept, skipped
+
+
+def _encode(encoder, inputs):
+    """(codes, fc7) of prepared inputs, forwarded batch_size at a time."""
+    codes, fc7 = [], []
+    for a in range(0, len(inputs), encoder.batch_size):
+        latent, f = encoder.forward(np.stack(inputs[a:a + encoder.batch_size]))
+        codes.append((latent > THRESHOLD).astype(np.uint8))
+        fc7.append(f)
+    return np.concatenate(codes), np.concatenate(fc7)
+
+
+def _open_build(out, key, bits, n, path_bytes, fc7_dim, fc7_dtype, labels, meta, build, force):
+    """The writer of ``out``.partial: resumed when it is this build's, else a new one."""
+    partial = Path(str(out) + ".partial")
+    if partial.exists() and not force:
+        try:
+            writer = IndexWriter.resume(partial)
+        except (DlbhcError, OSError) as err:
+            raise EncodeError(f"{partial}: cannot resume ({err}); use --force to start "
+                              f"over") from None
+        if writer.build.get("key") != key:
+            writer.close()
+            raise EncodeError(f"{partial} is an unfinished index of another list, shard, model "
+                              f"or fc7 setting: use --force to start over")
+        return writer
+    return IndexWriter.create(partial, bits, n, path_bytes, fc7_dim, fc7_dtype, labels, meta,
+                              dict(build, key=key))
+
+
 def build_index(model, paths, labels=None, backend="auto", batch_size=10, progress=False,
                 source=None):
-    """Encode image files with ``model`` and return their HashIndex (the model in its meta)."""
+    """Encode image files with ``model`` and return their HashIndex in memory (the model in its
+    meta); :func:`build_index_file` streams any number of images to a file instead."""
     encoder = model.encoder(backend=backend, batch_size=batch_size, progress=progress)
     features = encoder.encode_images(paths, labels=labels)
-    meta = {"model": model.to_meta(), "source": source,
+    return index_features(features, _meta(model, source))
+
+
+def _meta(model, source):
+    return {"model": model.to_meta(), "source": source,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    return index_features(features, meta)
+
+
+def build_index_file(model, paths, labels, out, backend="auto", batch_size=10, fc7="float32",
+                     shard=None, strict=False, force=False, progress=False, source=None,
+                     commit_every=None, report=None):
+    """Encode image files with ``model`` into the index file ``out``, streaming (see
+    :mod:`dlbhc_caffe.search.builder`): resumes an unfinished build of the same list, skips
+    unreadable images (``report(path, why)`` hears of each; ``strict`` stops instead), ``shard``
+    = (i, n) encodes the i-th of n slices. Returns the finished index's path and the number of
+    images skipped."""
+    commit_every = commit_every or COMMIT_EVERY
+    total = len(paths)
+    start, stop = builder.shard_range(total, shard) if shard else (0, total)
+    mine = paths[start:stop]
+    if not mine:
+        raise EncodeError(f"shard {shard[0]}/{shard[1]} of {total} images is empty")
+    encoder = model.encoder(backend=backend, batch_size=batch_size)
+    transform = encoder.transform
+    # one forward of a blank input gives the widths the file is laid out for
+    probe_codes, probe_fc7 = _encode(
+        encoder, [np.zeros((transform.channels,) + tuple(transform.crop), np.float32)])
+    fc7_dim = probe_fc7.shape[1] if fc7 != "none" and probe_fc7.shape[1] else None
+    meta = _meta(model, source)
+    key = builder.list_key(paths, labels) + f"|{shard}|{model.deploy}|{model.weights}|{fc7}"
+    build = {"list": builder.list_key(paths, labels), "total": total,
+             "shard": list(shard) if shard else None, "start": start}
+    writer = _open_build(out, key, probe_codes.shape[1], len(mine),
+                         sum(len(os.fsencode(p)) for p in mine), fc7_dim,
+                         fc7 if fc7 != "none" else "float32", labels is not None, meta, build,
+                         force)
+    bar = _bar(progress, len(mine), writer.build["done"])
+    try:
+        skipped = writer.build["skipped"]
+        for a in range(writer.build["done"], len(mine), commit_every):
+            batch = mine[a:a + commit_every]
+            inputs, kept, bad = _readable(transform, batch, strict)
+            for path, why in bad:
+                if report:
+                    report(path, why)
+            codes, f = _encode(encoder, inputs) if inputs else (np.zeros((0, 1)), None)
+            rows = [start + a + k for k in kept]
+            writer.append(codes, ids=rows, paths=[batch[k] for k in kept],
+                          labels=None if labels is None else np.asarray(labels)[rows],
+                          fc7=f if fc7_dim else None, done=a + len(batch), skipped=len(bad))
+            skipped += len(bad)
+            if bar:
+                bar.update(len(batch))
+        if writer.ntotal == 0:
+            writer.close()
+            writer.path.unlink()  # nothing worth resuming
+            raise EncodeError(f"none of the {len(mine)} images could be read: nothing to index")
+        writer.finish()
+    finally:
+        writer.close()
+        if bar:
+            bar.close()
+    os.replace(writer.path, out)
+    return Path(out), skipped
+
+
+def _bar(progress, total, done):
+    if not progress:
+        return None
+    from tqdm import tqdm  # noqa: PLC0415  (only with a progress bar)
+
+    return tqdm(total=total, initial=done, desc="index", unit="img", file=sys.stderr)
 
 
 @dataclass
@@ -89,34 +207,64 @@ class Hit:
     path: str = ""
 
 
+class Hits(list):
+    """One query's hits; ``fallback`` is True when the fine search found fewer than k items
+    within the radius and re-ranked the Hamming top k instead (None for a Hamming ranking)."""
+
+    fallback = None
+
+
 def query_features(index, latent_or_codes, fc7=None, k=10, fine=False, radius=DEFAULT_RADIUS):
-    """The top k of each query as lists of :class:`Hit`: Hamming ranking, or with ``fine`` the
+    """The top k of each query as :class:`Hits`: Hamming ranking, or with ``fine`` the
     coarse-to-fine search (pool within ``radius``, re-ranked by fc7)."""
     queries = np.asarray(latent_or_codes)
     if queries.dtype.kind == "f":
         queries = (queries > THRESHOLD).astype(np.uint8)
     if queries.ndim == 1:
         queries = queries.reshape(1, -1)
+    fallback = [None] * len(queries)
     if fine:
         if fc7 is None:
-            raise ValueError("the fine search needs the queries' fc7 features")
-        euclidean, ids = CoarseToFine(index, radius=radius).search(queries, fc7, k)
+            raise EncodeError("the fine search needs the queries' fc7 features")
+        search = CoarseToFine(index, radius=radius)
+        euclidean, ids = search.search(queries, fc7, k)
+        fallback = [bool(f) for f in search.fallback]
         rows = index.rows_of(ids)
         hamming = [index.hamming_to(queries[i:i + 1], rows[i])[0] for i in range(len(rows))]
     else:  # the ranking gives the rows and their distances directly
         euclidean = None
-        rows, hamming = index.rank(queries, k)
-        ids = index.ids[rows]
+        hamming, rows = index.rank(queries, k)
+    return [make_hits(index, rows[i], hamming[i], None if euclidean is None else euclidean[i],
+                      fallback[i]) for i in range(len(rows))]
+
+
+def make_hits(index, rows, hamming, euclidean=None, fallback=None):
+    """One query's :class:`Hits` from its ranked rows, their Hamming (and fc7) distances."""
     labels = index.labels
-    results = []
-    for i, row_ids in enumerate(ids):
-        paths = index.paths_of(rows[i])
-        results.append([Hit(rank=r + 1, id=int(row_ids[r]), row=int(rows[i][r]),
-                            hamming=int(hamming[i][r]),
-                            euclidean=None if euclidean is None else float(euclidean[i, r]),
-                            label=None if labels is None else int(labels[rows[i][r]]),
-                            path=paths[r]) for r in range(len(row_ids))])
-    return results
+    paths = index.paths_of(rows)
+    hits = Hits(Hit(rank=r + 1, id=int(index.ids[row]), row=int(row), hamming=int(hamming[r]),
+                    euclidean=None if euclidean is None else float(euclidean[r]),
+                    label=None if labels is None else int(labels[row]), path=paths[r])
+                for r, row in enumerate(rows))
+    hits.fallback = fallback
+    return hits
+
+
+def results_json(names, results):
+    """The results as one JSON-ready list: per query its image, whether the fine search fell
+    back to the Hamming top k, and its hits ({"id", "path", "label", "distance"} plus
+    "fc7_distance" for a fine search)."""
+    out = []
+    for name, hits in zip(names, results):
+        rows = []
+        for hit in hits:
+            row = {"id": hit.id, "path": hit.path, "label": hit.label, "distance": hit.hamming}
+            if hit.euclidean is not None:
+                row["fc7_distance"] = hit.euclidean
+            rows.append(row)
+        out.append({"image": str(name), "fallback": getattr(hits, "fallback", None),
+                    "results": rows})
+    return out
 
 
 def format_results(names, results, query_labels=None):
@@ -126,6 +274,9 @@ def format_results(names, results, query_labels=None):
         label = "" if query_labels is None else f" (label {query_labels[i]})"
         lines.append(f"query {i + 1}: {name}{label}")
         fine = hits and hits[0].euclidean is not None
+        if getattr(hits, "fallback", None):
+            lines.append(f"  (fallback: fewer than {len(hits)} items within the Hamming "
+                         f"radius, so these are the Hamming top {len(hits)} re-ranked by fc7)")
         lines.append("  rank  hamming" + ("  fc7-dist" if fine else "") + "  label  id  path")
         for hit in hits:
             lines.append(f"  {hit.rank:4d}  {hit.hamming:7d}"
@@ -177,5 +328,6 @@ def montage_rows(query_images, results, query_labels=None, picture_of=None, quer
     return rows
 
 
-__all__ = ["read_image_list", "scan_images", "index_features", "build_index", "Hit",
-           "query_features", "format_results", "montage_rows"]
+__all__ = ["Model", "read_image_list", "scan_images", "index_features", "build_index",
+           "build_index_file", "Hit", "Hits", "query_features", "results_json", "format_results",
+           "montage_rows"]
