@@ -5,7 +5,7 @@ import pytest
 
 from conftest import _unavailable
 from dlbhc_caffe.search import HashIndex, milvus
-from test_search import search_tool, toy_images  # noqa: F401  (fixtures)
+from test_search import ALLOW, search_tool, toy_images  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow  # the embedded server takes ~15 s to start
 
@@ -71,6 +71,7 @@ def test_search_tool_export_and_query_with_milvus(server, search_tool, toy_image
 
     t = toy_images
     model = ["--deploy", str(t / "deploy.prototxt"), "--model", str(t / "toy.caffemodel"),
+             "--allow-missing-weights",
              "--mean-value", "100", "--resize", "8", "--quiet"]
     index = str(t / "toy.index")
     assert search_tool("index", *model, "--folder", str(t / "imgs"), "--out", index) == 0
@@ -84,7 +85,7 @@ def test_search_tool_export_and_query_with_milvus(server, search_tool, toy_image
     for engine in ("index", "milvus"):
         for fine in ([], ["--fine"]):
             capsys.readouterr()
-            assert search_tool("query", "--index", index, query, "--k", "5", "--json",
+            assert search_tool("query", *ALLOW, "--index", index, query, "--k", "5", "--json",
                                "--engine", engine, *where, *fine) == 0
             answers[engine, bool(fine)] = json.loads(capsys.readouterr().out)
     for fine in (False, True):

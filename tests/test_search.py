@@ -8,6 +8,10 @@ from dlbhc_caffe.search import (CoarseToFine, Fc7Reranker, HashIndex, IndexForma
                                 faiss_codes, load_index, to_faiss, write_faiss)
 
 
+# the toy caffemodel holds no weights: the tools must be told to use it anyway
+ALLOW = ["--allow-missing-weights"]
+
+
 def random_index(n=200, bits=12, fc7=6, seed=0, labels=True):
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, 2, size=(n, bits), dtype=np.uint8)
@@ -393,6 +397,7 @@ def toy_images(tmp_path):
 def test_search_tool_index_query_faiss(search_tool, toy_images, capsys):
     t = toy_images
     model = ["--deploy", str(t / "deploy.prototxt"), "--model", str(t / "toy.caffemodel"),
+             "--allow-missing-weights",
              "--mean-value", "100", "--resize", "8"]
     assert search_tool(*["index", *model, "--folder", str(t / "imgs"),
                              "--out", str(t / "toy.index"), "--quiet"]) == 0
@@ -402,14 +407,14 @@ def test_search_tool_index_query_faiss(search_tool, toy_images, capsys):
     assert index.meta["model"]["mean_values"] == [100.0]
     query = t / "imgs" / "dogs" / "3.png"
     capsys.readouterr()
-    assert search_tool(*["query", "--index", str(t / "toy.index"), str(query), "--k", "4",
+    assert search_tool(*["query", *ALLOW, "--index", str(t / "toy.index"), str(query), "--k", "4",
                              "--montage", str(t / "m.png")]) == 0
     hits = [line.split() for line in capsys.readouterr().out.splitlines()[2:6]]
     assert [hit[0] for hit in hits] == ["1", "2", "3", "4"]      # rank hamming label id path
     assert str(query.absolute()) in [hit[-1] for hit in hits if hit[1] == "0"]
     assert all(hit[2] == "1" for hit in hits)                    # all dogs
     assert (t / "m.png").stat().st_size > 0
-    assert search_tool(*["query", "--index", str(t / "toy.index"), str(query), "--k", "4",
+    assert search_tool(*["query", *ALLOW, "--index", str(t / "toy.index"), str(query), "--k", "4",
                              "--fine", "--radius", "1", "--montage", str(t / "f.png")]) == 0
     fine_hit = capsys.readouterr().out.splitlines()[2].split()
     assert fine_hit[:3] == ["1", "0", "0.000"]                   # itself: fc7 distance 0
@@ -421,7 +426,8 @@ def test_search_tool_index_query_faiss(search_tool, toy_images, capsys):
 
 def test_search_tool_refuses_bad_input_and_overwrites_nothing(search_tool, toy_images, capsys):
     t = toy_images
-    model = ["--deploy", str(t / "deploy.prototxt"), "--model", str(t / "toy.caffemodel")]
+    model = ["--deploy", str(t / "deploy.prototxt"), "--model", str(t / "toy.caffemodel"),
+             "--allow-missing-weights"]
     out = t / "toy.index"
     assert search_tool(*["index", *model, "--folder", str(t / "imgs"), "--out", str(out),
                              "--quiet"]) == 0
@@ -437,15 +443,15 @@ def test_search_tool_refuses_bad_input_and_overwrites_nothing(search_tool, toy_i
     assert out.read_bytes() == before
     query = str(t / "imgs" / "cats" / "1.png")
     montage_png = t / "never.png"
-    assert search_tool(*["query", "--index", str(out), query, "--k", "13",
+    assert search_tool(*["query", *ALLOW, "--index", str(out), query, "--k", "13",
                              "--montage", str(montage_png)]) == 2
     err = capsys.readouterr().err
     assert "--k=13 is larger than" in err and "(12 items); pass --k <= 12." in err
     (t / "cut.index").write_bytes(before[:-10])
-    assert search_tool(*["query", "--index", str(t / "cut.index"), query,
+    assert search_tool(*["query", *ALLOW, "--index", str(t / "cut.index"), query,
                              "--montage", str(montage_png)]) == 2
     assert "truncated" in capsys.readouterr().err
-    assert search_tool(*["query", "--index", str(t / "none.index"), query]) == 2
+    assert search_tool(*["query", *ALLOW, "--index", str(t / "none.index"), query]) == 2
     assert "no such index file" in capsys.readouterr().err
     assert not montage_png.exists()
 
@@ -460,6 +466,7 @@ def test_search_tool_resumes_shards_merges_and_skips(search_tool, toy_images, mo
     # batch size 1: an engine's float rounding may depend on the batch, and shards or a resumed
     # build batch the images differently from one run
     model = ["--deploy", str(t / "deploy.prototxt"), "--model", str(t / "toy.caffemodel"),
+             "--allow-missing-weights",
              "--mean-value", "100", "--resize", "8", "--quiet", "--batch-size", "1"]
     src = ["--folder", str(t / "imgs")]
     assert search_tool("index", *model, *src, "--out", str(t / "full.index")) == 0
@@ -468,7 +475,7 @@ def test_search_tool_resumes_shards_merges_and_skips(search_tool, toy_images, mo
     # the in-memory build (for a few images) gives the same index
     memory = workflow.build_index(workflow.Model.from_files(
         t / "deploy.prototxt", t / "toy.caffemodel", mean_values=[100], resize=8),
-        *workflow.scan_images(t / "imgs"), batch_size=1)
+        *workflow.scan_images(t / "imgs"), batch_size=1, allow_missing_weights=True)
     for name in ("packed", "ids", "labels", "fc7"):
         np.testing.assert_array_equal(getattr(memory, name), getattr(full, name))
 
@@ -529,19 +536,20 @@ def test_search_tool_resumes_shards_merges_and_skips(search_tool, toy_images, mo
     # --fine says when its pool is the fallback (text and JSON); --json prints one document
     query = str(t / "imgs" / "dogs" / "3.png")
     capsys.readouterr()
-    assert search_tool("query", "--index", str(t / "full.index"), query, "--k", "12",
+    assert search_tool("query", *ALLOW, "--index", str(t / "full.index"), query, "--k", "12",
                        "--fine", "--radius", "0", "--json") == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc[0]["image"] == query and doc[0]["fallback"] is True
     assert len(doc[0]["results"]) == 12
     assert set(doc[0]["results"][0]) == {"id", "path", "label", "distance", "fc7_distance"}
     png = t / "q.png"
-    assert search_tool("query", "--index", str(t / "full.index"), query, "--k", "12",
+    assert search_tool("query", *ALLOW, "--index", str(t / "full.index"), query, "--k", "12",
                        "--fine", "--radius", "0", "--montage", str(png)) == 0
     assert "fallback: fewer than 12 items" in capsys.readouterr().out
     # the montage is not overwritten without --force
-    assert search_tool("query", "--index", str(t / "full.index"), query, "--montage",
+    assert search_tool("query", *ALLOW, "--index", str(t / "full.index"), query, "--montage",
                        str(png)) == 2
     assert "already exists; use --force" in capsys.readouterr().err
-    assert search_tool("query", "--index", str(t / "full.index"), query, "--montage", str(png),
+    assert search_tool("query", *ALLOW, "--index", str(t / "full.index"), query, "--montage",
+                       str(png),
                        "--force") == 0

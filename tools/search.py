@@ -57,6 +57,9 @@ def _model_options(p, required):
     p.add_argument("--backend", choices=("auto", "caffe", "torch"), default="auto",
                    help="engine that runs the net (default auto: caffe when it imports)")
     p.add_argument("--batch-size", type=int, default=10, help="images per forward pass")
+    p.add_argument("--allow-missing-weights", action="store_true",
+                   help="use a caffemodel that lacks weights for some learnable layer (they keep "
+                        "their fillers: the codes mean little)")
 
 
 def build_parser():
@@ -159,7 +162,8 @@ def _index(args):
             model, paths, labels, args.out, backend=args.backend, batch_size=args.batch_size,
             fc7=args.fc7, shard=args.shard, strict=args.strict, force=args.force,
             progress=not args.quiet, source=source,
-            report=lambda path, why: skipped.append(why))
+            report=lambda path, why: skipped.append(why),
+            allow_missing_weights=args.allow_missing_weights)
     except KeyboardInterrupt:
         partial = Path(f"{args.out}.partial")
         if partial.exists():
@@ -217,7 +221,8 @@ def cmd_query(args):
     if not named:
         print(f"model recorded in {args.index}: {model.deploy} + {model.weights}",
               file=sys.stderr)
-    encoder = model.encoder(backend=args.backend, batch_size=args.batch_size)
+    encoder = model.encoder(backend=args.backend, batch_size=args.batch_size,
+                            allow_missing_weights=args.allow_missing_weights)
     features = encoder.encode_images(args.images)
     if features.bits != index.bits:
         raise EncodeError(f"the model gives {features.bits}-bit codes but {args.index} holds "

@@ -115,10 +115,11 @@ def _open_build(out, key, bits, n, path_bytes, fc7_dim, fc7_dtype, labels, meta,
 
 
 def build_index(model, paths, labels=None, backend="auto", batch_size=10, progress=False,
-                source=None):
+                source=None, allow_missing_weights=False):
     """Encode image files with ``model`` and return their HashIndex in memory (the model in its
     meta); :func:`build_index_file` streams any number of images to a file instead."""
-    encoder = model.encoder(backend=backend, batch_size=batch_size, progress=progress)
+    encoder = model.encoder(backend=backend, batch_size=batch_size, progress=progress,
+                            allow_missing_weights=allow_missing_weights)
     features = encoder.encode_images(paths, labels=labels)
     return index_features(features, _meta(model, source))
 
@@ -130,7 +131,7 @@ def _meta(model, source):
 
 def build_index_file(model, paths, labels, out, backend="auto", batch_size=10, fc7="float32",
                      shard=None, strict=False, force=False, progress=False, source=None,
-                     commit_every=None, report=None):
+                     commit_every=None, report=None, allow_missing_weights=False):
     """Encode image files with ``model`` into the index file ``out``, streaming (see
     :mod:`dlbhc_caffe.search.builder`): resumes an unfinished build of the same list, skips
     unreadable images (``report(path, why)`` hears of each; ``strict`` stops instead), ``shard``
@@ -142,7 +143,8 @@ def build_index_file(model, paths, labels, out, backend="auto", batch_size=10, f
     mine = paths[start:stop]
     if not mine:
         raise EncodeError(f"shard {shard[0]}/{shard[1]} of {total} images is empty")
-    encoder = model.encoder(backend=backend, batch_size=batch_size)
+    encoder = model.encoder(backend=backend, batch_size=batch_size,
+                            allow_missing_weights=allow_missing_weights)
     transform = encoder.transform
     # one forward of a blank input gives the widths the file is laid out for
     probe_codes, probe_fc7 = _encode(
