@@ -75,6 +75,15 @@ def output_lock(path, what="output"):
         os.close(fd)
 
 
+def refuse_folder(path):
+    """`path` as a Path, unless it is a folder (an output file's name given a folder's)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name to write",
+                                str(path))
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
@@ -86,10 +95,7 @@ def atomic_path(path):
     >>> target.read_text()
     '101'
     """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name to write",
-                                str(path))
+    path = refuse_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
                                dir=path.parent)

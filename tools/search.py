@@ -45,7 +45,7 @@ from dlbhc_caffe import cli, hamming  # noqa: E402
 from dlbhc_caffe import montage  # noqa: E402
 from dlbhc_caffe.encode import (EncodeError, Model, add_model_options,  # noqa: E402
                                 model_given, resolve_model)
-from dlbhc_caffe.fileio import output_lock  # noqa: E402
+from dlbhc_caffe.fileio import output_lock, refuse_folder  # noqa: E402
 from dlbhc_caffe.search import (DEFAULT_RADIUS, builder, load_index, milvus,  # noqa: E402
                                  workflow, write_faiss)
 
@@ -138,6 +138,7 @@ def _milvus_options(p):
 
 
 def refuse_existing(path, force):
+    refuse_folder(path)  # before any work: a folder cannot take the file
     if Path(path).exists() and not force:
         raise EncodeError(f"{path} already exists; use --force to replace it")
 
