@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DlbhcError
-from ..features import THRESHOLD
+from ..encode import THRESHOLD
 from .coarse_to_fine import Fc7Reranker
 from .faiss_export import faiss_codes
 from .workflow import make_hits
