@@ -1,15 +1,21 @@
 # The two Quick start commands are `make demo` and `make test`; each sets up what it needs.
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast test-quick bench paper clean fuzz
+.PHONY: setup demo test test-fast test-quick bench paper clean fuzz caffe-variants
 setup:
 	bash scripts/setup_env.sh
 
 demo: setup
 	$(PY) demo.py
 
-test: setup
+test: setup caffe-variants
 	$(PY) -m pytest -q -ra
+
+# Both Caffe builds, CPU-only and CUDA (tests/test_caffe_gpu.py holds one against the other);
+# setup links the one this machine uses, these record the other without re-linking.
+caffe-variants: setup
+	bash scripts/build_caffe.sh --cpu --no-link .venv
+	bash scripts/build_caffe.sh --cuda --no-link .venv
 
 # Without the Caffe build (tests that need Caffe skip, or fail when CI=true).
 test-fast:

@@ -1,52 +1,61 @@
 #!/usr/bin/env bash
-# Builds real BVLC Caffe (CPU only, with pycaffe, LevelDB and LMDB, without OpenCV) from the PyPI
+# Builds real BVLC Caffe (pycaffe, Python layers, LevelDB and LMDB, without OpenCV) from the PyPI
 # sdist brocolli-caffe==9.0.2 into a cache outside the clone, and makes `import caffe` work in a
-# virtual environment.
+# virtual environment. Two variants from the same checksummed sdist:
+#   cpu   CPU_ONLY;
+#   cuda  CUDA 13.0 (Update 1) from NVIDIA's PyPI wheels, pinned and sha256-checked below and
+#         installed with `pip install --target` into the cache (never into the system); no cuDNN.
 #
-#   bash scripts/build_caffe.sh VENV        (scripts/setup_env.sh calls it with .venv)
+#   bash scripts/build_caffe.sh [--cpu|--cuda] [--no-link] VENV   (scripts/setup_env.sh: .venv)
+#
+# The variant: --cpu / --cuda, else DLBHC_CAFFE_CUDA=1 / 0, else cuda when `nvidia-smi -L` lists a
+# GPU, cpu otherwise. Both variants build on a machine without a GPU.
 #
 # Where it goes:
-#   ${DLBHC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dlbhc-caffe}/caffe-brocolli-9.0.2-cpXY-npA.B/
-# keyed by the Caffe version, the venv's Python version and its numpy ABI (pycaffe is compiled
-# against that numpy's headers). Inside: the patched source, build/lib/libcaffe.so*,
-# build/tools/{caffe,upgrade_net_proto_text,upgrade_net_proto_binary,convert_imageset,
-# compute_image_mean,...}, python/caffe (with _caffe.so and the regenerated caffe_pb2.py) and
-# build.log. The tree is built in a temporary folder beside it and renamed into place only once it
-# is built and has passed a smoke test, so an interrupted build never looks finished; a folder
-# holding the stamp file .dlbhc-complete is taken as done, and a second run only relinks:
+#   ${DLBHC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dlbhc-caffe}/
+#     caffe-brocolli-9.0.2-<cpu|cuda13.0>-pylayer-cpXY-npA.B/   the build
+#     cuda-13.0.1/nvidia/cu13/{bin,include,lib,nvvm}            the toolkit (cuda variant only)
+# keyed by the Caffe version, the variant and its build options, the venv's Python version and
+# its numpy ABI (pycaffe is compiled against that numpy's headers). Inside: the patched source,
+# build/lib/libcaffe.so*, build/tools/{caffe,upgrade_net_proto_text,upgrade_net_proto_binary,
+# convert_imageset,compute_image_mean,...}, python/caffe (with _caffe.so and the regenerated
+# caffe_pb2.py) and build.log. The tree is built in a temporary folder beside it and renamed into
+# place only once it is built and has passed a smoke test, so an interrupted build never looks
+# finished; a folder holding the stamp file .dlbhc-complete is taken as done, and a second run
+# only relinks:
+#   VENV/caffe_home.<variant>                            -> <cache> (one line, absolute path)
+# and, unless --no-link, the venv's `import caffe` and tools (re-pointed only after the smoke test):
 #   VENV/lib/pythonX.Y/site-packages/dlbhc-pycaffe.pth   -> <cache>/python
-#   VENV/caffe_home                                      -> <cache> (one line, absolute path)
-# The rpaths are relative ($ORIGIN), so LD_LIBRARY_PATH is never needed.
+#   VENV/caffe_home                                      -> <cache>
+# The rpaths are relative ($ORIGIN; the toolkit and the libpython of the venv by absolute path
+# too), so LD_LIBRARY_PATH is never needed.
 #
-# Environment: DLBHC_CACHE (cache root), DLBHC_CAFFE_REBUILD=1 (build again even when cached),
-# DLBHC_CAFFE_KEEP_FAILED=1 (keep the temporary tree of a failed build for inspection),
-# DLBHC_CAFFE_JOBS (make -j, default nproc).
+# Environment: DLBHC_CACHE (cache root), DLBHC_CAFFE_CUDA (1: cuda, 0: cpu), DLBHC_CAFFE_REBUILD=1
+# (build again even when cached), DLBHC_CAFFE_KEEP_FAILED=1 (keep the temporary tree of a failed
+# build for inspection), DLBHC_CAFFE_JOBS (make -j, default nproc).
 #
-# ---------------------------------------------------------------------------------------------
-# A CUDA build (not done here: these machines have no GPU; untested, for whoever needs one)
-# ---------------------------------------------------------------------------------------------
-# - In Makefile.config: drop CPU_ONLY, set CUDA_DIR (default /usr/local/cuda; its lib64 must be
-#   known to the dynamic loader, e.g. through /etc/ld.so.conf.d, because the Makefile puts no rpath
-#   to it on Linux), and link cudart, cublas and curand (the Makefile does that itself).
-# - CUDA toolkit: one that knows the target GPU and accepts the host compiler. Current GPUs need
-#   CUDA 11.0+ for Ampere (sm_80, A100), 11.1+ for sm_86, 11.8+ for Ada (sm_89) and Hopper (sm_90,
-#   H100/H200); Debian 12's g++ 12 needs CUDA 12.0 or later as host compiler. CUDA 12 no longer
-#   targets Kepler (sm_35/37), and CUDA 9+ dropped Fermi (sm_20/21), so the example CUDA_ARCH
-#   list shipped in Makefile.config.example (compute_20 ... compute_61) must be replaced, e.g.
-#     CUDA_ARCH := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,code=sm_86 \
-#                  -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90,code=sm_90 \
-#                  -gencode arch=compute_90,code=compute_90
-#   (the last line embeds PTX so that newer GPUs can JIT-compile it).
-# - cuDNN: Caffe 1.0 was released for cuDNN v5/v6; this source also has the cuDNN v7 code paths
-#   (CUDNN_VERSION_MIN(7,0,0) in include/caffe/util/cudnn.hpp). cuDNN 8 removed
-#   cudnnGetConvolution{Forward,BackwardData,BackwardFilter}Algorithm and the *_PREFER_FASTEST /
-#   *_SPECIFY_WORKSPACE_LIMIT enums that src/caffe/layers/cudnn_conv_layer.cpp calls, so Caffe 1.0's
-#   cuDNN code does not compile against cuDNN 8 or 9 (BVLC/caffe issue 6970). The last cuDNN 7
-#   (7.6.5) stops at CUDA 10.2, which knows no GPU newer than Turing (sm_75). Hence on current
-#   GPUs: USE_CUDNN off (Caffe's own CUDA kernels for convolution, via im2col + cuBLAS).
-# - Optional: USE_NCCL := 1 with NCCL installed for Caffe's multi-GPU training (`caffe train -gpu
-#   0,1`). The torch backend is the supported path to current GPUs in this project.
-# ---------------------------------------------------------------------------------------------
+# Patches (each one fails loudly when its target text is not there; both variants):
+#   Makefile        drop the sdist's BUILD_DIR = temp; boost_regex must be linked (checked);
+#                   one nvcc pass per .cu file (-MD -MF instead of a second -M run: about a third
+#                   of the CUDA compile time)
+#   python/caffe/io.py, pycaffe.py, net_spec.py   numpy >= 1.19 / scikit-image >= 0.19 names, a
+#                   Python 3 stand-in for `six`, the missing `resize` import
+#   caffe_pb2.py    removed: regenerated by this machine's protoc
+#   tools/caffe.cpp a GPU that cannot be used (no driver, no device, CPU_ONLY build) ends the tool
+#                   with one line "caffe: GPU N cannot be used: <reason>" and exit 1, not a
+#                   CHECK abort
+#   src/caffe/common.cpp (cuda)  CUDA 13 removed cudaDeviceProp's clockRate, deviceOverlap and
+#                   kernelExecTimeoutEnabled: DeviceQuery reads them with cudaDeviceGetAttribute
+# Build options (Makefile.config is written whole): WITH_PYTHON_LAYER := 1 (`type: "Python"`
+# layers); cuda: CUDA_ARCH sm_80 + sm_90 machine code and compute_90 PTX (A100, H100/H200; newer
+# GPUs JIT the PTX; the example list in Makefile.config.example starts at compute_20, which CUDA 9+
+# and 12+ no longer know), nvcc -std=c++17 (CUDA 13's CCCL/thrust need it; g++ 12's default is
+# gnu++17 already), unversioned libcudart.so/libcublas.so/libcurand.so links in the build tree
+# (the wheels ship only the versioned files), USE_CUDNN := 0: Caffe 1.0's cuDNN code calls
+# cudnnGetConvolution*Algorithm and the *_PREFER_FASTEST enums that cuDNN 8 removed (BVLC/caffe
+# issue 6970), and the last cuDNN 7 stops at CUDA 10.2, which knows no GPU newer than sm_75:
+# convolution runs on Caffe's own im2col + cuBLAS kernels. No NCCL (one GPU per process).
+#
 set -euo pipefail
 
 CAFFE_PKG=brocolli-caffe
@@ -57,7 +66,30 @@ SDIST_NAME=$CAFFE_PKG-$CAFFE_VERSION.tar.gz
 say() { echo "[caffe] $*"; }
 die() { echo "[caffe] ERROR: $*" >&2; exit 1; }
 
-[ $# -eq 1 ] || die "usage: bash scripts/build_caffe.sh VENV"
+usage="usage: bash scripts/build_caffe.sh [--cpu|--cuda] [--no-link] VENV"
+VARIANT= LINK=1
+while [ $# -gt 1 ]; do
+  case $1 in
+    --cpu) VARIANT=cpu ;;
+    --cuda) VARIANT=cuda ;;
+    --no-link) LINK=0 ;;
+    *) die "unknown option $1; $usage" ;;
+  esac
+  shift
+done
+[ $# -eq 1 ] || die "$usage"
+if [ -z "$VARIANT" ]; then
+  case ${DLBHC_CAFFE_CUDA:-} in
+    1) VARIANT=cuda ;;
+    0) VARIANT=cpu ;;
+    "") if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+          VARIANT=cuda
+        else
+          VARIANT=cpu
+        fi ;;
+    *) die "DLBHC_CAFFE_CUDA must be 1 or 0, got '$DLBHC_CAFFE_CUDA'" ;;
+  esac
+fi
 [ -x "$1/bin/python" ] || die "no Python at $1/bin/python (create the venv first: scripts/setup_env.sh)"
 VENV=$(cd "$1" && pwd)
 PY=$VENV/bin/python
@@ -82,7 +114,26 @@ mapfile -t fields <<< "$info"
 [ ${#fields[@]} -eq 6 ] || die "could not query $PY: $info"
 PYTAG=${fields[0]} NPVER=${fields[1]} SITE=${fields[2]} PYINC=${fields[3]} PYLIBDIR=${fields[4]}
 PYMAJMIN=${fields[5]}
-KEY=caffe-brocolli-$CAFFE_VERSION-$PYTAG-np$NPVER
+# CUDA 13.0 Update 1, as NVIDIA's cuda-toolkit==13.0.1 pins it (cuRAND numbers itself 10.4; CUDA
+# 13.0 runs on driver 580 and newer). cuobjdump has no 13.0 wheel: 13.2's, for inspection only.
+CUDA_RELEASE=13.0.1
+CUDA_WHEELS="\
+nvidia-cuda-nvcc==13.0.88 --hash=sha256:56fe502eb77625a12f25172caa3cdddb4e4c8ba2c8c17dba44b164761b380f03
+nvidia-nvvm==13.0.88 --hash=sha256:c5f41ffeb6466944a026dfa5317d7d85355c119bbec279205d22f1869d1054e0
+nvidia-cuda-crt==13.0.88 --hash=sha256:2c8043c7c9e02492716426e9919fc78d2c5b3b2a7a768a88e952676b08aa55a4
+nvidia-cuda-runtime==13.0.88 --hash=sha256:422a38f7c739ecbdd3a4b6ec7ed0a1d74db43d8e9bc26685f3d845638922b178
+nvidia-cuda-cccl==13.0.85 --hash=sha256:e0da7ad981f3a8aff08241b5bfc1af868742a63e2762f53a5171c492ef242649
+nvidia-cublas==13.0.2.14 --hash=sha256:0cf238ffdbe46c00cb9aa98e7bca745c223a5ca5a53e686ac8b3e5a08fe80d6c
+nvidia-curand==10.4.0.35 --hash=sha256:1aee33a5da6e1db083fe2b90082def8915f30f3248d5896bcec36a579d941bfc
+nvidia-cuda-cuobjdump==13.2.51 --hash=sha256:95c69d3ddf0c2c1f535ec44c3433a66aeee19f588d9d22f73356e20b25f12b50
+"
+CUDA_ARCH_FLAGS="-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[sm_90,compute_90]"
+case $VARIANT in
+  cpu) VTAG=cpu ;;
+  cuda) VTAG=cuda${CUDA_RELEASE%.*} ;;
+esac
+# "pylayer": built WITH_PYTHON_LAYER (the older CPU-only trees, keyed without it, lack it).
+KEY=caffe-brocolli-$CAFFE_VERSION-$VTAG-pylayer-$PYTAG-np$NPVER
 CACHE_ROOT=${DLBHC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dlbhc-caffe}
 mkdir -p "$CACHE_ROOT"
 CACHE_ROOT=$(cd "$CACHE_ROOT" && pwd)
@@ -101,19 +152,26 @@ is_complete() {
   for f in "${REQUIRED[@]}"; do [ -e "$1/$f" ] || return 1; done
 }
 
-# Makes the venv use the cached tree: a .pth on sys.path and VENV/caffe_home for the tools.
+# Records the variant's tree in VENV/caffe_home.<variant> and, unless --no-link, makes the venv use
+# it: a .pth on sys.path and VENV/caffe_home for the tools.
 link_venv() {
   local pth=$SITE/dlbhc-pycaffe.pth
+  printf '%s\n' "$FINAL" > "$VENV/caffe_home.$VARIANT.tmp"
+  mv -f "$VENV/caffe_home.$VARIANT.tmp" "$VENV/caffe_home.$VARIANT"
+  say "$VENV/caffe_home.$VARIANT -> $FINAL"
+  [ "$LINK" = 1 ] || return 0
   printf '%s\n' "$FINAL/python" > "$pth.tmp" && mv -f "$pth.tmp" "$pth"
   printf '%s\n' "$FINAL" > "$VENV/caffe_home.tmp" && mv -f "$VENV/caffe_home.tmp" "$VENV/caffe_home"
   say "linked: $pth -> $FINAL/python"
   say "caffe_home: $VENV/caffe_home -> $FINAL (tools in $FINAL/build/tools)"
 }
 
-# Imports caffe through the .pth, the way the project will: no PYTHONPATH, no LD_LIBRARY_PATH.
+# Imports caffe through the .pth, the way the project will: no LD_LIBRARY_PATH (--no-link: this
+# tree's python folder first on the path).
 check_import() {
-  local out
-  if ! out=$(cd / && env -u LD_LIBRARY_PATH -u PYTHONPATH GLOG_minloglevel=2 "$PY" -c '
+  local out pypath=
+  [ "$LINK" = 1 ] || pypath=$FINAL/python
+  if ! out=$(cd / && env -u LD_LIBRARY_PATH PYTHONPATH="$pypath" GLOG_minloglevel=2 "$PY" -c '
 import caffe, numpy
 from caffe.proto import caffe_pb2
 print(caffe.__version__, caffe.__file__)' 2>&1); then
@@ -183,6 +241,36 @@ if [ ! -f "$DIST/$SDIST_NAME" ] || [ "$(sha_of "$DIST/$SDIST_NAME")" != "$CAFFE_
 fi
 say "sdist ok: $DIST/$SDIST_NAME (sha256 $CAFFE_SHA256)"
 
+# --- the CUDA toolkit (cuda variant): the pinned wheels, once per cache, shared by the cuda keys ----
+CUDA_HOME=
+if [ "$VARIANT" = cuda ]; then
+  [ "$(uname -m)" = x86_64 ] || die "the cuda variant pins x86_64 Linux wheels; this is $(uname -m)"
+  CUDA_ROOT=$CACHE_ROOT/cuda-$CUDA_RELEASE
+  CUDA_HOME=$CUDA_ROOT/nvidia/cu13
+  want=$(printf '%s' "$CUDA_WHEELS" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$CUDA_ROOT/$STAMP" 2>/dev/null)" != "$want" ]; then
+    for stale in "$CACHE_ROOT"/.tmp.cuda-*; do [ -e "$stale" ] && rm -rf "$stale"; done
+    say "pip install --target $CUDA_ROOT: CUDA $CUDA_RELEASE wheels (about 0.6 GB download, 1 GB)"
+    ct=$(mktemp -d "$CACHE_ROOT/.tmp.cuda-$CUDA_RELEASE.XXXXXX")
+    printf '%s' "$CUDA_WHEELS" > "$ct.txt"
+    if ! "$PY" -m pip install -q --no-deps --only-binary :all: --require-hashes --no-compile \
+        --target "$ct" -r "$ct.txt" > "$ct.log" 2>&1; then
+      tail -n 20 "$ct.log" >&2
+      rm -rf "$ct" "$ct.txt" "$ct.log"
+      die "pip install of the CUDA $CUDA_RELEASE wheels failed"
+    fi
+    rm -f "$ct.txt" "$ct.log"
+    printf '%s\n' "$want" > "$ct/$STAMP"
+    rm -rf "$CUDA_ROOT"
+    mv "$ct" "$CUDA_ROOT"
+  fi
+  for f in bin/nvcc bin/cuobjdump nvvm/bin/cicc include/cuda_runtime.h include/cccl/thrust/version.h \
+      lib/libcudart.so.13 lib/libcublas.so.13 lib/libcublasLt.so.13 lib/libcurand.so.10; do
+    [ -e "$CUDA_HOME/$f" ] || die "the CUDA wheels in $CUDA_ROOT lack $f (remove that folder to reinstall)"
+  done
+  say "CUDA ok: $("$CUDA_HOME/bin/nvcc" --version | grep -o 'release [0-9.]*') in $CUDA_HOME"
+fi
+
 # --- a fresh temporary tree next to the final one (same file system: the rename is atomic) ---------
 for stale in "$CACHE_ROOT"/.tmp."$KEY".*; do
   [ -e "$stale" ] && { say "removing a leftover from an interrupted build: $stale"; rm -rf "$stale"; }
@@ -232,11 +320,70 @@ patch_text "$SRC/Makefile" 1 $'\nBUILD_DIR = temp\n' $'\n'
 # Makefile: boost_regex must be linked (the SSD extras use it); it already is in this sdist: check.
 grep -Eq '^LIBRARIES \+= .*\bboost_regex\b' "$SRC/Makefile" ||
   die "patch target not found: boost_regex is no longer in the Makefile's LIBRARIES"
-# Makefile: pycaffe's link also gets an rpath to the venv Python's libpython (a pyenv Python keeps it
-# outside the loader's paths), on top of its relative one to build/lib.
-# shellcheck disable=SC2016  # $(ORIGIN) is make's, not the shell's
-patch_text "$SRC/Makefile" 1 $'\t\t-Wl,-rpath,$(ORIGIN)/../../build/lib\n' \
-  $'\t\t-Wl,-rpath,$(ORIGIN)/../../build/lib $(PYTHON_RPATH)\n'
+# Makefile: one nvcc run per .cu file. Its separate `nvcc -M` pass (a full preprocessing of each
+# file and of thrust's headers) writes dependency files for rebuilding in place, which this cache
+# never does.
+# shellcheck disable=SC2016  # $(...) are make's, not the shell's
+patch_text "$SRC/Makefile" 1 $'\t$(Q)$(CUDA_DIR)/bin/nvcc $(NVCCFLAGS) $(CUDA_ARCH) -M $< -o ${@:.o=.d} \\\n\t\t-odir $(@D)\n' ''
+# tools/caffe.cpp: a GPU that cannot be used ends the tool with one line and exit 1 (Caffe would
+# abort in a CHECK, or in NO_GPU for a CPU_ONLY build, with a stack trace).
+CAFFE_CPP=$SRC/tools/caffe.cpp
+patch_text "$CAFFE_CPP" 1 $'static void get_gpus(vector<int>* gpus) {\n' \
+'// dlbhc: one line on stderr and exit 1 when a requested GPU cannot be used.
+static void dlbhc_gpu_unusable(const std::string& gpu, const std::string& why) {
+  fprintf(stderr, "caffe: GPU %s cannot be used: %s (run without -gpu for the CPU)\n",
+          gpu.c_str(), why.c_str());
+  exit(1);
+}
+
+static void dlbhc_require_gpus(const vector<int>& gpus) {
+  for (int i = 0; i < gpus.size(); ++i) {
+    const std::string id = boost::lexical_cast<std::string>(gpus[i]);
+#ifdef CPU_ONLY
+    dlbhc_gpu_unusable(id, "this Caffe is built CPU_ONLY");
+#else
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess) dlbhc_gpu_unusable(id, cudaGetErrorString(err));
+    if (gpus[i] < 0 || gpus[i] >= count) {
+      dlbhc_gpu_unusable(id, "this machine has " + boost::lexical_cast<std::string>(count) +
+                         " CUDA device(s)");
+    }
+    err = cudaSetDevice(gpus[i]);
+    if (err == cudaSuccess) err = cudaFree(0);  // creates the context: the device is usable
+    if (err != cudaSuccess) dlbhc_gpu_unusable(id, cudaGetErrorString(err));
+#endif
+  }
+}
+
+static void get_gpus(vector<int>* gpus) {
+'
+patch_text "$CAFFE_CPP" 1 $'    CUDA_CHECK(cudaGetDeviceCount(&count));\n#else\n    NO_GPU;\n#endif\n' \
+'    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess) dlbhc_gpu_unusable("all", cudaGetErrorString(err));
+#else
+    dlbhc_gpu_unusable("all", "this Caffe is built CPU_ONLY");
+#endif
+'
+patch_text "$CAFFE_CPP" 1 $'    CHECK_EQ(gpus->size(), 0);\n  }\n}\n' \
+  $'    CHECK_EQ(gpus->size(), 0);\n  }\n  dlbhc_require_gpus(*gpus);\n}\n'
+# src/caffe/common.cpp: CUDA 13 removed these cudaDeviceProp fields; DeviceQuery asks for them.
+COMMON_CPP=$SRC/src/caffe/common.cpp
+for pair in clockRate:cudaDevAttrClockRate deviceOverlap:cudaDevAttrGpuOverlap \
+    kernelExecTimeoutEnabled:cudaDevAttrKernelExecTimeout; do
+  patch_text "$COMMON_CPP" 1 "prop.${pair%%:*}" "dlbhc_attribute(${pair#*:}, device)"
+done
+patch_text "$COMMON_CPP" 1 $'void Caffe::DeviceQuery() {\n  cudaDeviceProp prop;\n' \
+'// dlbhc: a device attribute (CUDA 13 dropped some cudaDeviceProp fields); -1 when unknown.
+static int dlbhc_attribute(cudaDeviceAttr attribute, int device) {
+  int value = -1;
+  if (cudaDeviceGetAttribute(&value, attribute, device) != cudaSuccess) value = -1;
+  return value;
+}
+
+void Caffe::DeviceQuery() {
+  cudaDeviceProp prop;
+'
 
 # python/caffe/io.py: numpy >= 1.19 / scikit-image >= 0.19 renamed what it calls, and resize_image()
 # uses `resize` without importing it.
@@ -263,9 +410,27 @@ rm -f "$SRC/python/caffe/proto/caffe_pb2.py"
 rm -rf "$SRC/python/caffe/__pycache__" "$SRC"/python/*.egg-info
 
 # Makefile.config: written whole, not patched.
+if [ "$VARIANT" = cuda ]; then
+  # The wheels ship only versioned libraries: unversioned names for -l, inside the build tree.
+  mkdir -p "$SRC/cuda-links"
+  for lib in libcudart.so.13 libcublas.so.13 libcurand.so.10; do
+    ln -s "$CUDA_HOME/lib/$lib" "$SRC/cuda-links/${lib%.so.*}.so"
+  done
+  # libcaffe (build/lib), the tools (build/tools) and _caffe.so (python/caffe) all sit three levels
+  # below the cache root, beside cuda-$CUDA_RELEASE; the absolute path covers everything else.
+  VARIANT_CONFIG="USE_CUDNN := 0
+CUDA_DIR := $CUDA_HOME
+CUDA_ARCH := $CUDA_ARCH_FLAGS
+NVCCFLAGS += -std=c++17
+LIBRARY_DIRS += $SRC/cuda-links
+LDFLAGS += -Wl,-rpath,\$(ORIGIN)/../../../cuda-$CUDA_RELEASE/nvidia/cu13/lib -Wl,-rpath,$CUDA_HOME/lib"
+else
+  VARIANT_CONFIG="CPU_ONLY := 1"
+fi
 cat > "$SRC/Makefile.config" <<EOF
 # Written by dlbhc-caffe's scripts/build_caffe.sh for $KEY.
-CPU_ONLY := 1
+$VARIANT_CONFIG
+WITH_PYTHON_LAYER := 1
 USE_OPENCV := 0
 USE_LEVELDB := 1
 USE_LMDB := 1
@@ -276,6 +441,8 @@ PYTHON_INCLUDE := $PYINC $NPINC
 PYTHON_LIB := $PYLIBDIR
 PYTHON_LIBRARIES := $BOOST_PY python$PYMAJMIN
 PYTHON_RPATH := -Wl,-rpath,$PYLIBDIR
+# libcaffe itself links libpython (Python layers); a pyenv Python keeps it outside the loader's paths.
+LDFLAGS += \$(PYTHON_RPATH)
 INCLUDE_DIRS := \$(PYTHON_INCLUDE) /usr/local/include $HDF5_INC
 LIBRARY_DIRS := \$(PYTHON_LIB) /usr/local/lib /usr/lib /usr/lib/$MULTIARCH $HDF5_LIB
 BUILD_DIR := build
@@ -286,7 +453,11 @@ EOF
 
 # --- build -----------------------------------------------------------------------------------------
 JOBS=${DLBHC_CAFFE_JOBS:-$(nproc)}
-say "make -j$JOBS all pycaffe in $TMP (about 4-5 minutes on 2 cores)"
+case $VARIANT in
+  cpu) took="about 5 minutes on 2 free cores" ;;
+  cuda) took="about 30 minutes on 2 busy cores: nvcc compiles every .cu file for sm_80 and sm_90" ;;
+esac
+say "make -j$JOBS all pycaffe in $TMP ($took)"
 t0=$(date +%s)
 set +e
 # The make output goes whole to the log; the terminal gets a line every 25 compiled files and one
@@ -295,7 +466,7 @@ progress() {
   local line n=0
   while IFS= read -r line; do
     case $line in
-      "CXX "*) n=$((n + 1))
+      "CXX "* | "NVCC "*) n=$((n + 1))
         [ $((n % 25)) -ne 0 ] || say "  $n files compiled ($(( $(date +%s) - t0 ))s)" ;;
       "LD "* | "CXX/LD "*) say "  $line" ;;
     esac
@@ -320,10 +491,12 @@ find "$SRC/.build_release" \( -name '*.o' -o -name '*.d' \) -delete
 
 # --- smoke test in the temporary tree, before it counts as done -----------------------------------
 say "smoke test"
-if ldd "$SRC/python/caffe/_caffe.so" | grep -q 'not found'; then
-  ldd "$SRC/python/caffe/_caffe.so" >&2
-  die "_caffe.so has unresolved libraries without LD_LIBRARY_PATH"
-fi
+for f in python/caffe/_caffe.so build/lib/libcaffe.so build/tools/caffe; do
+  if env -u LD_LIBRARY_PATH ldd "$SRC/$f" | grep -q 'not found'; then
+    env -u LD_LIBRARY_PATH ldd "$SRC/$f" >&2
+    die "$f has unresolved libraries without LD_LIBRARY_PATH"
+  fi
+done
 cat > "$SRC/.smoke_v1.prototxt" <<'EOF'
 name: "smoke"
 input: "data"
@@ -354,7 +527,7 @@ rm -rf "$SRC/python/caffe/__pycache__" "$SRC/python/caffe/proto/__pycache__"
 # --- into place --------------------------------------------------------------------------------------
 cp "$LOG" "$SRC/build.log"
 cat > "$SRC/$STAMP" <<EOF
-key=$KEY
+key=$KEY variant=$VARIANT${CUDA_HOME:+ cuda=$CUDA_HOME}
 sdist=$SDIST_NAME sha256=$CAFFE_SHA256
 python=$PY ($PYTAG) numpy=$("$PY" -c 'import numpy; print(numpy.__version__)') protoc=$(protoc --version)
 built=$(date -u +%Y-%m-%dT%H:%M:%SZ) seconds=$build_s

@@ -4,8 +4,9 @@
 #      otherwise the exact command to run is printed);
 #   2. .venv with the pinned requirements and this package (editable; builds the Cython module);
 #   3. real Caffe with pycaffe, built from source into a cache outside the clone
-#      (scripts/build_caffe.sh), made importable from .venv.
-# Environment: PYTHON (default python3), DLBHC_NO_CAFFE=1 skips step 3.
+#      (scripts/build_caffe.sh), made importable from .venv: the CUDA build when `nvidia-smi`
+#      lists a GPU, else the CPU-only one (DLBHC_CAFFE_CUDA=1 or 0 chooses).
+# Environment: PYTHON (default python3), DLBHC_NO_CAFFE=1 skips step 3, DLBHC_CAFFE_CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -1,10 +1,12 @@
 """The "caffe" backend: real BVLC Caffe through pycaffe, with checks in Python first.
 
 Re-exports pycaffe's surface (`Net`, `SGDSolver` and the other solvers, `get_solver`, `TRAIN`,
-`TEST`, `set_mode_cpu`, `set_mode_gpu`, `set_device`, `set_random_seed`, `layer_type_list`) as
-they are. Caffe's own log (glog) is quiet by default -- GLOG_minloglevel=2 (errors only) unless
-the environment sets it, applied before caffe is first imported or, when it came in earlier, to
-the running glog -- and `set_verbose(True)` turns its INFO lines back on.
+`TEST`, `set_mode_cpu`, `set_random_seed`, `layer_type_list`) as they are; `set_mode_gpu` and
+`set_device` first check, in a child process, that the GPU can be used (`check_device`), and
+raise BackendUnavailable naming the device and the reason instead of letting Caffe abort.
+Caffe's own log (glog) is quiet by default -- GLOG_minloglevel=2 (errors only) unless the
+environment sets it, applied before caffe is first imported or, when it came in earlier, to the
+running glog -- and `set_verbose(True)` turns its INFO lines back on.
 
 Caffe's CHECK failures abort the whole Python process with a C++ message. `validate_net` checks
 in Python what a net would abort on when Caffe builds it -- files that are missing, layer types
@@ -27,7 +29,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 import caffe as _caffe  # noqa: E402  (after GLOG_minloglevel)
 from caffe import (TEST, TRAIN, AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: E402,F401
                    NesterovSolver, Net, RMSPropSolver, SGDSolver, get_solver, layer_type_list,
-                   set_device, set_mode_cpu, set_mode_gpu, set_random_seed)
+                   set_mode_cpu, set_random_seed)
 
 from .. import proto  # noqa: E402
 from ..datasets.db import DatabaseError, detect_backend, open_db  # noqa: E402
@@ -84,25 +86,95 @@ if _CAFFE_WAS_IMPORTED and not _USER_LOG_LEVEL:
 
 # ---------------------------------------------------------------- GPU
 
+def _cudart():
+    """The CUDA runtime library this process loaded with Caffe (None: a CPU_ONLY Caffe), or ""
+    when that cannot be known (not Linux)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = [line.split()[-1] for line in maps if "libcudart" in line]
+    except OSError:
+        return ""
+    return paths[0] if paths else None
+
+
 def has_cuda():
     """Whether this Caffe was built with CUDA (its library loaded the CUDA runtime). A CPU_ONLY
     Caffe aborts the process on the first GPU call."""
+    return _cudart() is not None
+
+
+# Run in a child process: a broken driver can hang or kill the process that asks, and Caffe
+# itself would abort in a CHECK. Prints "ok" or the reason the device cannot be used.
+_PROBE = """
+import ctypes, sys
+cudart, gpu = ctypes.CDLL(sys.argv[1]), int(sys.argv[2])
+cudart.cudaGetErrorString.restype = ctypes.c_char_p
+def fail(err):
+    sys.exit(cudart.cudaGetErrorString(err).decode(errors="replace"))
+count = ctypes.c_int(0)
+err = cudart.cudaGetDeviceCount(ctypes.byref(count))
+if err:
+    fail(err)
+if not 0 <= gpu < count.value:
+    sys.exit("this machine has %d CUDA device(s)" % count.value)
+err = cudart.cudaSetDevice(gpu) or cudart.cudaFree(None)  # cudaFree(0) creates the context
+if err:
+    fail(err)
+"""
+_probed = {}
+
+
+def gpu_problem(gpu):
+    """Why CUDA device `gpu` cannot be used by this Caffe, or None when it can."""
+    import subprocess  # noqa: PLC0415
+
+    gpu = int(gpu)
+    cudart = _cudart()
+    if cudart is None:
+        return "this Caffe is built CPU_ONLY"
+    if not cudart or gpu in _probed:  # unknown platform: let Caffe decide
+        return _probed.get(gpu)
     try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            return any("libcudart" in line for line in maps)
-    except OSError:  # not Linux: let Caffe decide
-        return True
+        done = subprocess.run([sys.executable, "-c", _PROBE, cudart, str(gpu)],
+                              capture_output=True, text=True, timeout=120, check=False)
+        lines = done.stderr.strip().splitlines()
+        problem = None if done.returncode == 0 else (
+            lines[-1] if lines else f"the CUDA probe ended with status {done.returncode}")
+    except subprocess.TimeoutExpired:
+        problem = "the CUDA probe did not answer within 120 s (a hung driver?)"
+    _probed[gpu] = problem
+    return problem
 
 
 def check_device(gpu):
     """Raise BackendUnavailable unless GPU `gpu` can be used (None: the CPU, always fine)."""
-    if gpu is not None and not has_cuda():
+    if gpu is None:
+        return
+    problem = gpu_problem(gpu)
+    if problem:
         from . import BackendUnavailable  # noqa: PLC0415
 
-        raise BackendUnavailable(
-            f"GPU {gpu} requested, but this Caffe is built CPU_ONLY ({_caffe.__file__}): train "
-            f"on the CPU (--cpu), use --backend torch for the GPU, or build Caffe with CUDA "
-            f"(see scripts/build_caffe.sh)")
+        fix = ("build Caffe with CUDA (scripts/build_caffe.sh --cuda) or use --backend torch"
+               if not has_cuda() else "use a machine with a CUDA GPU and driver 580 or newer")
+        raise BackendUnavailable(f"GPU {gpu} cannot be used by Caffe ({_caffe.__file__}): "
+                                 f"{problem}; train on the CPU (no --gpu), or {fix}")
+
+
+_device = {"id": 0}  # pycaffe's device in GPU mode (Caffe's default: 0)
+
+
+def set_mode_gpu():
+    """pycaffe's set_mode_gpu, after checking that the current device can be used (Caffe would
+    abort the process on the first GPU call)."""
+    check_device(_device["id"])
+    _caffe.set_mode_gpu()
+
+
+def set_device(device_id):
+    """pycaffe's set_device, after checking that the device can be used."""
+    check_device(int(device_id))
+    _device["id"] = int(device_id)
+    _caffe.set_device(int(device_id))
 
 
 # ---------------------------------------------------------------- validation
@@ -346,5 +418,5 @@ __all__ = [
     "name", "Net", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
     "AdaDeltaSolver", "AdamSolver", "get_solver", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu",
     "set_device", "set_random_seed", "layer_type_list", "set_verbose", "validate_net",
-    "NetValidationError", "has_cuda", "check_device",
+    "NetValidationError", "has_cuda", "check_device", "gpu_problem",
 ]
