@@ -103,6 +103,7 @@ stage() {
     die "gpu_check_probe did not compile (log: $dir/probe.log)"
   fi
   cp -L "$home/build/tools/caffe" "$dir/bin/caffe"
+  cp -L "$home"/build/lib/libcaffe.so.* "$dir/lib/"  # found by the tool's $ORIGIN/../lib rpath
   # Every library the two load, by the name they ask for, except glibc's and CUDA's.
   for lib in $( (ldd "$dir/bin/caffe"; ldd "$dir/bin/gpu_check_probe") | awk '/=> \//{print $1 "=" $3}' | sort -u); do
     name=${lib%%=*}
@@ -158,6 +159,10 @@ find_cuda_libs() {
 
 report() { echo "$*" | tee -a "$WORK/report.txt"; }
 
+# Runs a carried tool with the carried libraries (only the tools: the bundle's older libstdc++
+# must not reach this machine's Python and torch).
+tool() { LD_LIBRARY_PATH=$TOOL_LIBS "$WORK/bin/$1" "${@:2}"; }
+
 # glog's timestamps (hh:mm:ss.micro) of two "Iteration N" lines -> images/s between them.
 caffe_rate() {
   "$PY" - "$@" <<'EOF'
@@ -185,23 +190,23 @@ measure() {  # GPU: device id, or -1 for the CPU (dry run)
   report "# dlbhc-caffe GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), $([ "$gpu" -ge 0 ] && echo "GPU $gpu" || echo "CPU dry run")"
   if [ "$gpu" -ge 0 ]; then
     report "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader -i "$gpu")"
-    GLOG_minloglevel=0 "$WORK/bin/caffe" device_query -gpu "$gpu" > "$WORK/device_query.log" 2>&1 ||
+    GLOG_minloglevel=0 tool caffe device_query -gpu "$gpu" > "$WORK/device_query.log" 2>&1 ||
       die "caffe device_query failed: $(tail -n 3 "$WORK/device_query.log")"
     report "device_query: $(grep -o 'Name: .*' "$WORK/device_query.log" | sed 's/  */ /g')"
   fi
-  "$WORK/bin/gpu_check_probe" compare nets/compare.prototxt "$gpu" > "$WORK/compare.txt"
+  tool gpu_check_probe compare nets/compare.prototxt "$gpu" > "$WORK/compare.txt"
   report "forward+backward $([ "$gpu" -ge 0 ] && echo GPU || echo CPU) vs CPU, KevinNet batch $(grep -m1 -o 'dim: [0-9]*' nets/compare.prototxt | cut -d' ' -f2): $(tail -n 1 "$WORK/compare.txt")"
   grep -E '^blob (conv1|fc7|fc8_kevin_encode|loss) data|^blob (conv1|fc8_kevin)\[?.*param diff|^blob data diff' "$WORK/compare.txt" | sed 's/^/  /' | tee -a "$WORK/report.txt"
 
-  GLOG_minloglevel=0 GLOG_logtostderr=1 "$WORK/bin/caffe" time -model nets/time.prototxt \
+  GLOG_minloglevel=0 GLOG_logtostderr=1 tool caffe time -model nets/time.prototxt \
     "${gflag[@]}" -iterations "$((iters / 6 + 2))" > "$WORK/time.log" 2>&1 ||
     die "caffe time failed: $(tail -n 3 "$WORK/time.log")"
   t=$(grep -o 'Average Forward-Backward: [0-9.]* ms' "$WORK/time.log" | grep -o '[0-9.]* ms')
   report "caffe time, KevinNet batch $batch 227x227, forward-backward: $t"
 
   rm -rf lmdb
-  "$WORK/bin/gpu_check_probe" makedb lmdb "$records" 3 256 256 > /dev/null
-  GLOG_minloglevel=0 GLOG_logtostderr=1 "$WORK/bin/caffe" train -solver solver.prototxt \
+  tool gpu_check_probe makedb lmdb "$records" 3 256 256 > /dev/null
+  GLOG_minloglevel=0 GLOG_logtostderr=1 tool caffe train -solver solver.prototxt \
     "${gflag[@]}" > "$WORK/train.log" 2>&1 || die "caffe train failed: $(tail -n 3 "$WORK/train.log")"
   rate=$(caffe_rate "$WORK/train.log" "$display" "$iters" "$batch")
   report "caffe train, KevinNet from LMDB ($records records 3x256x256, crop 227), batch $batch, iterations $display-$iters: $rate images/s; 50,000 iterations: $(project "$rate")"
@@ -252,8 +257,7 @@ run_there() {
   "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$WORK"/wheels/*.whl ||
     die "could not install the carried wheels into $WORK/site"
   export PYTHONPATH=$WORK/site:$REPO
-  LD_LIBRARY_PATH=$WORK/lib:$(find_cuda_libs)
-  export LD_LIBRARY_PATH
+  TOOL_LIBS=$WORK/lib:$(find_cuda_libs)
   cd "$WORK"
   cp nets/train.prototxt nets/solver.prototxt .
   measure "${DLBHC_GPU:-0}" 32 300 50 2000
@@ -264,16 +268,15 @@ dry_run() {
   PY=$REPO/.venv/bin/python
   rm -rf "$WORK"
   mkdir -p "$WORK"
-  stage "$WORK" 2 2 6 2
+  stage "$WORK" 2 2 4 2
   sed -i 's/solver_mode: GPU/solver_mode: CPU/' "$WORK/nets/solver.prototxt"
   export PYTHONPATH=$REPO
   # As there: the bundle's libraries first; CUDA's from the build's toolkit (standing in for the
   # GPU machine's own).
-  LD_LIBRARY_PATH=$WORK/lib:$(DLBHC_CUDA_LIBS=$(dirname "$(cuda_home)")/cuda-13.0.1/nvidia/cu13/lib find_cuda_libs)
-  export LD_LIBRARY_PATH
+  TOOL_LIBS=$WORK/lib:$(DLBHC_CUDA_LIBS=$(dirname "$(cuda_home)")/cuda-13.0.1/nvidia/cu13/lib find_cuda_libs)
   cd "$WORK"
   cp nets/train.prototxt nets/solver.prototxt .
-  measure -1 2 6 2 20
+  measure -1 2 4 2 20
   say "report: $WORK/report.txt"
 }
 

@@ -267,3 +267,13 @@ def test_variant_is_keyed_and_stamped(variant):
     if variant == "cuda":
         assert "USE_CUDNN := 0" in config
         assert "arch=compute_90,code=[sm_90,compute_90]" in config
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--gpu", ".venv"], {}, "unknown option --gpu"),
+    ([".venv"], {"DLBHC_CAFFE_CUDA": "yes"}, "DLBHC_CAFFE_CUDA must be 1 or 0, got 'yes'"),
+])
+def test_build_script_refuses_bad_options(args, env, message):
+    done = subprocess.run(["bash", "scripts/build_caffe.sh", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=60, check=False)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
