@@ -94,7 +94,7 @@ stage() {
   local multiarch
   multiarch=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
   if ! g++ -O2 -std=c++17 -DUSE_LMDB -DUSE_LEVELDB "$REPO/scripts/gpu_check_probe.cpp" \
-      -o "$dir/bin/gpu_check_probe" -isystem "$home/include" -isystem "$home/.build_release/src" \
+      -o "$dir/bin/gpu_check_probe" -isystem "$home/.build_release/src" -isystem "$home/include" \
       -isystem "$cuda/include" -isystem /usr/include/hdf5/serial \
       -isystem "/usr/include/$multiarch/openblas-pthread" \
       -L"$home/build/lib" -L"$home/cuda-links" -lcaffe -lcudart -lglog -lgflags -lprotobuf \
