@@ -44,6 +44,8 @@
 #   tools/caffe.cpp a GPU that cannot be used (no driver, no device, CPU_ONLY build) ends the tool
 #                   with one line "caffe: GPU N cannot be used: <reason>" and exit 1, not a
 #                   CHECK abort
+#   src/caffe/layers/proposal_layer.cu (cuda)  the sdist declares ProposalLayer::Backward_gpu
+#                   without a body: an empty one, as its Backward_cpu
 #   src/caffe/common.cpp (cuda)  CUDA 13 removed cudaDeviceProp's clockRate, deviceOverlap and
 #                   kernelExecTimeoutEnabled: DeviceQuery reads them with cudaDeviceGetAttribute
 # Build options (Makefile.config is written whole): WITH_PYTHON_LAYER := 1 (`type: "Python"`
@@ -367,6 +369,17 @@ patch_text "$CAFFE_CPP" 1 $'    CUDA_CHECK(cudaGetDeviceCount(&count));\n#else\n
 '
 patch_text "$CAFFE_CPP" 1 $'    CHECK_EQ(gpus->size(), 0);\n  }\n}\n' \
   $'    CHECK_EQ(gpus->size(), 0);\n  }\n  dlbhc_require_gpus(*gpus);\n}\n'
+# src/caffe/layers/proposal_layer.cu: the sdist declares ProposalLayer::Backward_gpu without a body
+# (CPU_ONLY builds stub it), so the CUDA build's explicit instantiation fails: give it Backward_cpu's
+# empty one (proposals take no gradient).
+patch_text "$SRC/src/caffe/layers/proposal_layer.cu" 1 $'\nINSTANTIATE_LAYER_GPU_FUNCS(ProposalLayer);' \
+'
+// dlbhc: declared in the header without a body; as Backward_cpu, proposals take no gradient.
+template <typename Dtype>
+void ProposalLayer<Dtype>::Backward_gpu(const vector<Blob<Dtype>*>& top,
+    const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom) {}
+
+INSTANTIATE_LAYER_GPU_FUNCS(ProposalLayer);'
 # src/caffe/common.cpp: CUDA 13 removed these cudaDeviceProp fields; DeviceQuery asks for them.
 COMMON_CPP=$SRC/src/caffe/common.cpp
 for pair in clockRate:cudaDevAttrClockRate deviceOverlap:cudaDevAttrGpuOverlap \
