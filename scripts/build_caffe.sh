@@ -46,6 +46,8 @@
 #                   CHECK abort
 #   src/caffe/layers/proposal_layer.cu (cuda)  the sdist declares ProposalLayer::Backward_gpu
 #                   without a body: an empty one, as its Backward_cpu
+#   src/caffe/layers/{hardsigmoid,hardswish,maxunpool,pixelshuffle,upsample}_layer.cpp (cuda)  no
+#                   .cu in the sdist: Forward_gpu/Backward_gpu call the CPU code
 #   src/caffe/common.cpp (cuda)  CUDA 13 removed cudaDeviceProp's clockRate, deviceOverlap and
 #                   kernelExecTimeoutEnabled: DeviceQuery reads them with cudaDeviceGetAttribute
 # Build options (Makefile.config is written whole): WITH_PYTHON_LAYER := 1 (`type: "Python"`
@@ -380,6 +382,23 @@ void ProposalLayer<Dtype>::Backward_gpu(const vector<Blob<Dtype>*>& top,
     const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom) {}
 
 INSTANTIATE_LAYER_GPU_FUNCS(ProposalLayer);'
+# Five layers of the sdist have no .cu file but declare Forward_gpu/Backward_gpu (CPU_ONLY builds
+# stub them): in the CUDA build they run their CPU code on the GPU's blobs, as Caffe's Layer does
+# by default, instead of leaving libcaffe with undefined symbols.
+for pair in hardsigmoid_layer:HardSigmoidLayer hardswish_layer:HardSwishLayer \
+    maxunpool_layer:MaxUnPoolLayer pixelshuffle_layer:PixelShuffleLayer upsample_layer:UpsampleLayer; do
+  patch_text "$SRC/src/caffe/layers/${pair%%:*}.cpp" 1 "STUB_GPU(${pair#*:});" "STUB_GPU(${pair#*:});
+#else
+// dlbhc: no .cu in the sdist: on the GPU this layer runs its CPU code (Caffe's Layer default).
+template <typename Dtype>
+void ${pair#*:}<Dtype>::Forward_gpu(const vector<Blob<Dtype>*>& bottom,
+    const vector<Blob<Dtype>*>& top) { Forward_cpu(bottom, top); }
+template <typename Dtype>
+void ${pair#*:}<Dtype>::Backward_gpu(const vector<Blob<Dtype>*>& top,
+    const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom) {
+  Backward_cpu(top, propagate_down, bottom);
+}"
+done
 # src/caffe/common.cpp: CUDA 13 removed these cudaDeviceProp fields; DeviceQuery asks for them.
 COMMON_CPP=$SRC/src/caffe/common.cpp
 for pair in clockRate:cudaDevAttrClockRate deviceOverlap:cudaDevAttrGpuOverlap \
@@ -442,7 +461,6 @@ else
 fi
 cat > "$SRC/Makefile.config" <<EOF
 # Written by dlbhc-caffe's scripts/build_caffe.sh for $KEY.
-$VARIANT_CONFIG
 WITH_PYTHON_LAYER := 1
 USE_OPENCV := 0
 USE_LEVELDB := 1
@@ -462,6 +480,8 @@ BUILD_DIR := build
 DISTRIBUTE_DIR := distribute
 TEST_GPUID := 0
 Q ?= @
+# The variant's settings last: they add to LIBRARY_DIRS and LDFLAGS set above.
+$VARIANT_CONFIG
 EOF
 
 # --- build -----------------------------------------------------------------------------------------
