@@ -46,7 +46,7 @@
 #                   CHECK abort
 #   src/caffe/layers/proposal_layer.cu (cuda)  the sdist declares ProposalLayer::Backward_gpu
 #                   without a body: an empty one, as its Backward_cpu
-#   src/caffe/layers/{hardsigmoid,hardswish,maxunpool,pixelshuffle,upsample}_layer.cpp (cuda)  no
+#   src/caffe/layers/{hardsigmoid,hardswish,maxunpool,pixelshuffle,upsample,relu6}_layer.cpp (cuda) no
 #                   .cu in the sdist: Forward_gpu/Backward_gpu call the CPU code
 #   src/caffe/common.cpp (cuda)  CUDA 13 removed cudaDeviceProp's clockRate, deviceOverlap and
 #                   kernelExecTimeoutEnabled: DeviceQuery reads them with cudaDeviceGetAttribute
@@ -382,11 +382,12 @@ void ProposalLayer<Dtype>::Backward_gpu(const vector<Blob<Dtype>*>& top,
     const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom) {}
 
 INSTANTIATE_LAYER_GPU_FUNCS(ProposalLayer);'
-# Five layers of the sdist have no .cu file but declare Forward_gpu/Backward_gpu (CPU_ONLY builds
+# Six layers of the sdist have no .cu file but declare Forward_gpu/Backward_gpu (CPU_ONLY builds
 # stub them): in the CUDA build they run their CPU code on the GPU's blobs, as Caffe's Layer does
 # by default, instead of leaving libcaffe with undefined symbols.
 for pair in hardsigmoid_layer:HardSigmoidLayer hardswish_layer:HardSwishLayer \
-    maxunpool_layer:MaxUnPoolLayer pixelshuffle_layer:PixelShuffleLayer upsample_layer:UpsampleLayer; do
+    maxunpool_layer:MaxUnPoolLayer pixelshuffle_layer:PixelShuffleLayer upsample_layer:UpsampleLayer \
+    relu6_layer:ReLU6Layer; do
   patch_text "$SRC/src/caffe/layers/${pair%%:*}.cpp" 1 "STUB_GPU(${pair#*:});" "STUB_GPU(${pair#*:});
 #else
 // dlbhc: no .cu in the sdist: on the GPU this layer runs its CPU code (Caffe's Layer default).
