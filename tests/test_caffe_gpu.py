@@ -124,7 +124,7 @@ def test_cuda_build_in_cpu_mode_is_bit_identical_to_the_cpu_build(tmp_path):
         assert done.returncode == 0, f"{variant}: {done.stderr[-3000:]}"
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
     cpu, cuda = results["cpu"], results["cuda"]
-    assert len(cpu["forward"]) > 20 and len(cpu["sgd3"]) == 2 * 9  # 9 learnable layers
+    assert len(cpu["forward"]) > 15 and len(cpu["sgd3"]) == 2 * 9  # 9 learnable layers
     for stage in ("forward", "backward", "backward_data", "sgd3"):
         differ = sorted(k for k in cpu[stage] if cpu[stage][k] != cuda[stage].get(k))
         assert not differ, f"{stage}: the CUDA build differs from the CPU build in {differ}"
