@@ -48,6 +48,8 @@
 #                   without a body: an empty one, as its Backward_cpu
 #   src/caffe/layers/{hardsigmoid,hardswish,maxunpool,pixelshuffle,upsample,relu6}_layer.cpp (cuda) no
 #                   .cu in the sdist: Forward_gpu/Backward_gpu call the CPU code
+#   src/caffe/internal_thread.cpp (cuda)  prefetch threads ask CUDA for the device only in GPU
+#                   mode (a CUDA build's Data layers then run in CPU mode without a GPU)
 #   src/caffe/common.cpp (cuda)  CUDA 13 removed cudaDeviceProp's clockRate, deviceOverlap and
 #                   kernelExecTimeoutEnabled: DeviceQuery reads them with cudaDeviceGetAttribute
 # Build options (Makefile.config is written whole): WITH_PYTHON_LAYER := 1 (`type: "Python"`
@@ -400,6 +402,10 @@ void ${pair#*:}<Dtype>::Backward_gpu(const vector<Blob<Dtype>*>& top,
   Backward_cpu(top, propagate_down, bottom);
 }"
 done
+# src/caffe/internal_thread.cpp: a data layer's prefetch thread asked CUDA for the current device
+# even in CPU mode, so a CUDA build could not run Data layers on a machine without a GPU.
+patch_text "$SRC/src/caffe/internal_thread.cpp" 1 $'  CUDA_CHECK(cudaGetDevice(&device));\n' \
+  $'  if (Caffe::mode() == Caffe::GPU) CUDA_CHECK(cudaGetDevice(&device));  // dlbhc: CPU mode\n'
 # src/caffe/common.cpp: CUDA 13 removed these cudaDeviceProp fields; DeviceQuery asks for them.
 COMMON_CPP=$SRC/src/caffe/common.cpp
 for pair in clockRate:cudaDevAttrClockRate deviceOverlap:cudaDevAttrGpuOverlap \

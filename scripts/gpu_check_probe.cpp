@@ -42,10 +42,12 @@ static Values snapshot(const Net<float>& net, vector<string>* names) {
       names->push_back(blob_names[i] + (pass == 0 ? " data" : " diff"));
     }
   }
-  for (int i = 0; i < net.params().size(); ++i) {
-    const Blob<float>& blob = *net.params()[i];
-    values.push_back(vector<float>(blob.cpu_diff(), blob.cpu_diff() + blob.count()));
-    names->push_back(net.param_display_names()[i] + " param diff");
+  for (int i = 0; i < net.layers().size(); ++i) {
+    for (int j = 0; j < net.layers()[i]->blobs().size(); ++j) {
+      const Blob<float>& blob = *net.layers()[i]->blobs()[j];
+      values.push_back(vector<float>(blob.cpu_diff(), blob.cpu_diff() + blob.count()));
+      names->push_back(net.layer_names()[i] + "[" + std::to_string(j) + "] param diff");
+    }
   }
   return values;
 }
