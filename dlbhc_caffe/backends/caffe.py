@@ -105,7 +105,7 @@ def has_cuda():
 
 # Run in a child process: a broken driver can hang or kill the process that asks, and Caffe
 # itself would abort in a CHECK. Prints "ok" or the reason the device cannot be used.
-_PROBE = """
+_GPU_PROBE = """
 import ctypes, sys
 cudart, gpu = ctypes.CDLL(sys.argv[1]), int(sys.argv[2])
 cudart.cudaGetErrorString.restype = ctypes.c_char_p
@@ -135,7 +135,7 @@ def gpu_problem(gpu):
     if not cudart or gpu in _probed:  # unknown platform: let Caffe decide
         return _probed.get(gpu)
     try:
-        done = subprocess.run([sys.executable, "-c", _PROBE, cudart, str(gpu)],
+        done = subprocess.run([sys.executable, "-c", _GPU_PROBE, cudart, str(gpu)],
                               capture_output=True, text=True, timeout=120, check=False)
         lines = done.stderr.strip().splitlines()
         problem = None if done.returncode == 0 else (
