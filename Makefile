@@ -8,10 +8,11 @@ setup:
 demo: setup
 	$(PY) demo.py
 
-test: setup caffe-variants
+test: setup
 	$(PY) -m pytest -q -ra
 
-# Both Caffe builds, CPU-only and CUDA (tests/test_caffe_gpu.py holds one against the other);
+# Both Caffe builds, CPU-only and CUDA (tests/test_caffe_gpu.py holds one against the other;
+# not part of `make test`: the CUDA build's cold time does not yet fit CI reliably);
 # setup links the one this machine uses, these record the other without re-linking.
 caffe-variants: setup
 	bash scripts/build_caffe.sh --cpu --no-link .venv
@@ -36,7 +37,7 @@ paper: setup
 # Fuzz every file reader for FUZZ_SECONDS per parser (each in a child process); prints inputs
 # tried, aborts, crashes, hangs and unexpected exception types per parser (after `make setup`).
 FUZZ_SECONDS ?= 600
-fuzz:
+fuzz: setup
 	$(PY) tests/fuzz_targets.py --seconds $(FUZZ_SECONDS)
 
 clean:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, _unavailable
+from conftest import ROOT, unavailable
 
 pytestmark = pytest.mark.caffe
 
@@ -25,15 +25,20 @@ VARIANTS = ("cpu", "cuda")
 
 
 def caffe_home(variant):
-    """The cached tree of one variant, as scripts/build_caffe.sh recorded it."""
+    """The cached tree of one variant, as scripts/build_caffe.sh recorded it.
+
+    `make test` builds the variant this machine uses (CPU here); the CUDA variant is built by
+    `make caffe-variants`, not by `make test` (its cold build does not yet fit CI's time
+    reliably), so its tests say so and skip where it was not built, CI included."""
+    optional = variant == "cuda"
     marker = ROOT / ".venv" / f"caffe_home.{variant}"
     if not marker.is_file():
-        _unavailable(f"the {variant} Caffe build is not recorded ({marker} is missing); run "
-                     f"`make test`, or bash scripts/build_caffe.sh --{variant} --no-link .venv")
+        unavailable(f"the {variant} Caffe build is not recorded ({marker} is missing); run "
+                    f"`make caffe-variants`", hardware=optional)
     home = Path(marker.read_text().strip())
     if not (home / ".dlbhc-complete").is_file():
-        _unavailable(f"{home} is not a finished build; run bash scripts/build_caffe.sh "
-                     f"--{variant} --no-link .venv")
+        unavailable(f"{home} is not a finished build; run `make caffe-variants`",
+                    hardware=optional)
     return home
 
 
