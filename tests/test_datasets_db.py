@@ -150,21 +150,19 @@ def test_caffe_data_layer_reads_gray_records(caffe, tmp_path):
 
 @pytest.mark.caffe
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_caffe_compute_image_mean_agrees_with_our_mean(caffe, tmp_path, backend):
-    import subprocess
-    from pathlib import Path
-
+def test_our_mean_is_the_mean_of_the_records_caffe_reads(caffe, tmp_path, backend):
+    # Caffe's own compute_image_mean needs OpenCV, which this build leaves out, so the mean is
+    # held against what real Caffe's Data layer reads: every record of the database, averaged.
     from dlbhc_caffe.proto import read_mean
 
-    tool = Path(caffe.__file__).resolve().parents[2] / "build" / "tools" / "compute_image_mean"
-    if not tool.exists():
-        unavailable(f"Caffe's compute_image_mean is not built ({tool})")
     manifest = datasets.prepare("digits", tmp_path, db=backend, max_train=200, max_test=10,
                                 progress=False, log=lambda *_: None)
-    theirs = tmp_path / "caffe_mean.binaryproto"
-    run = subprocess.run([str(tool), "-backend", backend, manifest["train_db"], str(theirs)],
-                         capture_output=True, text=True)
-    if run.returncode and "requires OpenCV" in run.stderr:
-        unavailable("this Caffe is built without OpenCV: its compute_image_mean refuses to run")
-    assert run.returncode == 0, run.stderr
-    np.testing.assert_allclose(read_mean(manifest["mean_file"]), read_mean(theirs), rtol=1e-6)
+    net_path = tmp_path / "all_records.prototxt"
+    net_path.write_text(DATA_NET.format(source=manifest["train_db"], backend=backend.upper(),
+                                        batch=200))
+    caffe.set_mode_cpu()
+    net = caffe.Net(str(net_path), caffe.TEST)
+    net.forward()
+    theirs = net.blobs["data"].data.astype(np.float64).mean(axis=0)
+    del net
+    np.testing.assert_allclose(read_mean(manifest["mean_file"]), theirs, rtol=1e-5, atol=1e-4)
