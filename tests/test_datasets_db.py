@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-from conftest import unavailable
 
 from dlbhc_caffe import datasets
 from dlbhc_caffe.datasets.db import (DatabaseError, DatabaseWriter, count_records, detect_backend,
