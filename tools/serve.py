@@ -5,6 +5,7 @@
     python tools/serve.py --index my.index --run runs/digits_small_12 --port 8000
     python tools/serve.py --index my.index --deploy D.prototxt --model M.caffemodel \\
         --mean M.binaryproto
+    python tools/serve.py --index my.index --engine milvus [--milvus-uri http://host:19530]
 
 Then open http://127.0.0.1:8000/ . The API (JSON; errors are {"error": message} with a 4xx):
 
@@ -15,7 +16,8 @@ Then open http://127.0.0.1:8000/ . The API (JSON; errors are {"error": message} 
     GET  /api/image/ID                          an item's thumbnail
 
 The index is memory-mapped and the model loaded once, in one process. It listens on 127.0.0.1
-unless --host says otherwise.
+unless --host says otherwise. With --engine milvus the Hamming searches go to the Milvus collection
+that `tools/search.py export --to milvus` filled (fc7 re-ranking still reads the index file).
 """
 import argparse
 import sys
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dlbhc_caffe import cli  # noqa: E402
 from dlbhc_caffe.encode import (EncodeError, add_model_options, model_given,  # noqa: E402
                                 resolve_model)
-from dlbhc_caffe.search import DEFAULT_RADIUS  # noqa: E402
+from dlbhc_caffe.search import DEFAULT_RADIUS, milvus  # noqa: E402
 
 
 def build_parser():
@@ -49,6 +51,16 @@ def build_parser():
     p.add_argument("--classes", metavar="FILE",
                    help="class names, one a line in label order (default: the class sub-folders "
                         "the index was built from, when there are)")
+    p.add_argument("--engine", choices=("index", "milvus"), default="index",
+                   help="who answers the Hamming search: the index file (default) or the Milvus "
+                        "collection exported from it")
+    p.add_argument("--milvus-uri", metavar="URI",
+                   help="Milvus server for --engine milvus (default: start the embedded one, "
+                        "data in out/milvus)")
+    p.add_argument("--collection", metavar="NAME",
+                   help="Milvus collection (default: named after the index file)")
+    p.add_argument("--nprobe", type=int, default=16,
+                   help="clusters searched when the collection's index is BIN_IVF_FLAT")
     p.add_argument("--log-level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"))
     return p
@@ -73,13 +85,27 @@ def main(argv=None):
     searcher = serve.Searcher(args.index, model=model_from_args(args), backend=args.backend,
                               names_file=args.classes, max_k=args.max_k,
                               default_radius=args.radius)
-    info = searcher.info()
-    print(f"serving {args.index}: {info['images']} images, {info['bits']}-bit codes, "
-          f"{'model loaded' if info['upload'] else 'no model'}; "
-          f"http://{args.host}:{args.port}/", flush=True)
-    serve.serve(searcher, host=args.host, port=args.port,
-                max_upload=int(args.max_upload_mb * 1024 * 1024), log_level=args.log_level)
+    try:
+        if args.engine == "milvus":
+            _use_milvus(searcher, args)
+        info = searcher.info()
+        print(f"serving {args.index}: {info['images']} images, {info['bits']}-bit codes, "
+              f"{'model loaded' if info['upload'] else 'no model'}, engine {info['engine']}; "
+              f"http://{args.host}:{args.port}/", flush=True)
+        serve.serve(searcher, host=args.host, port=args.port,
+                    max_upload=int(args.max_upload_mb * 1024 * 1024), log_level=args.log_level)
+    finally:
+        searcher.close()  # stops the embedded Milvus server this process started
     return 0
+
+
+def _use_milvus(searcher, args):
+    connection = milvus.connect(args.milvus_uri)
+    try:
+        searcher.use_milvus(connection, args.collection, nprobe=args.nprobe)
+    except BaseException:
+        connection.close()
+        raise
 
 
 if __name__ == "__main__":

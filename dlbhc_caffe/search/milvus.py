@@ -158,6 +158,24 @@ def _holds(collection, index, n):
     return bool(last) and not beyond
 
 
+def check_collection(conn, name, index):
+    """Load collection ``name`` for searching, refusing one that is missing or does not hold
+    exactly ``index``'s rows (a search would answer ids the index cannot name)."""
+    pymilvus = _pymilvus()
+    if not pymilvus.utility.has_collection(name, using=conn.alias):
+        raise DlbhcError(f"Milvus at {conn.uri} has no collection {name}: export the index "
+                         f"first (tools/search.py export --to milvus), or give --collection")
+    collection = conn.collection(name)
+    if not collection.indexes:
+        raise DlbhcError(f"Milvus collection {name} has no vector index: rerun the export")
+    collection.load()
+    count = _count(collection)
+    if count != index.ntotal or not _holds(collection, index, count):
+        raise DlbhcError(f"Milvus collection {name} holds {count} rows, not this index's "
+                         f"{index.ntotal}: rerun the export (or give the right --collection)")
+    return collection
+
+
 def ensure_index(collection, index_type, nlist):
     """Give the collection this vector index (replacing another), loaded."""
     params = {"index_type": index_type, "metric_type": "HAMMING",

@@ -9,7 +9,7 @@ Threads: the web server runs searches in a thread pool. The index is read-only; 
 """
 import io
 import threading
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..encode import THRESHOLD, EncodeError, Model
 from ..hamming import unpack_codes
-from ..search import DEFAULT_RADIUS, load_index, workflow
+from ..search import DEFAULT_RADIUS, load_index, milvus, workflow
 from .params import ServeError, format_code, parse_code, parse_int, search_options
 
 MAX_K = 1000          # results per answer: a bound on the work and the answer's size
@@ -96,7 +96,23 @@ class Searcher:
         # another engine with that signature (Milvus) replaces it here and nowhere else
         self.query = workflow.query_features
         self.engine = "index"
+        self._connection = None
         self._thumbnail = lru_cache(maxsize=THUMBNAIL_CACHE)(self._make_thumbnail)
+
+    def use_milvus(self, connection, collection=None, nprobe=16):
+        """Answer the Hamming searches from a Milvus collection holding this index's codes (a
+        :func:`dlbhc_caffe.search.milvus.connect` connection; :meth:`close` closes it); fc7
+        re-ranking, ids, paths and thumbnails still read the local index."""
+        name = collection or milvus.collection_name(self.index_path)
+        milvus.check_collection(connection, name, self.index)
+        self.query = partial(milvus.query, connection, name, nprobe=nprobe)
+        self.engine, self._connection = "milvus", connection
+
+    def close(self):
+        """Close the Milvus connection (stopping the embedded server this process started)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _check_model(self):
         latent, fc7 = self.encoder.forward(np.zeros((1, *self._input_shape()), np.float32))
