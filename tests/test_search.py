@@ -553,3 +553,28 @@ def test_search_tool_resumes_shards_merges_and_skips(search_tool, toy_images, mo
     assert search_tool("query", *ALLOW, "--index", str(t / "full.index"), query, "--montage",
                        str(png),
                        "--force") == 0
+
+
+def test_query_montage_captions_name_the_classes(search_tool, toy_images, monkeypatch):
+    from dlbhc_caffe import montage
+    from dlbhc_caffe.search import workflow
+
+    t = toy_images
+    model = ["--deploy", str(t / "deploy.prototxt"), "--model", str(t / "toy.caffemodel"),
+             "--allow-missing-weights", "--mean-value", "100", "--resize", "8", "--quiet"]
+    assert search_tool("index", *model, "--folder", str(t / "imgs"), "--out",
+                       str(t / "toy.index")) == 0
+    index = load_index(t / "toy.index")
+    assert index.meta["source"]["classes"] == ["cats", "dogs"]      # recorded at indexing
+    drawn = []
+    monkeypatch.setattr(montage, "write_montage", lambda out, rows, title: drawn.append(rows))
+    assert search_tool("query", *ALLOW, "--index", str(t / "toy.index"),
+                       str(t / "imgs" / "dogs" / "3.png"), "--k", "4", "--montage",
+                       str(t / "m.png")) == 0
+    captions = [tile.caption.split("\n")[-1] for tile in drawn[0][0][1]]
+    assert captions == ["dogs"] * 4           # its top 4 are dogs (label 1), as above
+    # an index that records no names: the folder it was built from still names them
+    del index.meta["source"]["classes"]
+    assert workflow.index_class_names(index) == ["cats", "dogs"]
+    index.meta["source"] = {"list": "x.txt"}
+    assert workflow.index_class_names(index) is None

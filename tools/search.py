@@ -157,6 +157,8 @@ def _index(args):
     else:
         paths, labels = workflow.scan_images(args.folder)
         source = {"folder": str(Path(args.folder).resolve())}
+        if labels is not None:  # the montage's and the service's class names
+            source["classes"] = workflow.folder_classes(args.folder)
     skipped = []
     try:
         out, _ = workflow.build_index_file(
@@ -234,7 +236,8 @@ def cmd_query(args):
         return 0
     print("\n".join(workflow.format_results(args.images, results)))
     rows = workflow.montage_rows(args.images, results,
-                                 query_names=[Path(p).name for p in args.images])
+                                 query_names=[Path(p).name for p in args.images],
+                                 class_names=workflow.index_class_names(index))
     fell_back = sum(bool(getattr(hits, "fallback", None)) for hits in results)
     title = (f"coarse-to-fine, radius {args.radius}" if args.fine else "Hamming ranking") + \
         (f" ({fell_back} query(ies) fell back to the Hamming top k)" if fell_back else "") + \

@@ -54,11 +54,38 @@ def scan_images(folder):
         raise EncodeError(f"{folder}: no image files "
                           f"({', '.join(sorted(imagelist.IMAGE_SUFFIXES))})")
     paths = [str(p.absolute()) for p in files]
-    if all(p.parent != folder for p in files):
-        classes = sorted({p.relative_to(folder).parts[0] for p in files})
+    classes = _folder_classes(folder, files)
+    if classes is not None:
         labels = np.array([classes.index(p.relative_to(folder).parts[0]) for p in files])
         return paths, labels
     return paths, None
+
+
+def _folder_classes(folder, files):
+    """The class names (sorted sub-folders holding images) of scan_images' labels, or None."""
+    if all(p.parent != folder for p in files):
+        return sorted({p.relative_to(folder).parts[0] for p in files})
+    return None
+
+
+def folder_classes(folder):
+    """The class names of :func:`scan_images`' labels for ``folder`` (label i is name i), or
+    None when it gives no labels."""
+    folder = Path(folder)
+    return _folder_classes(folder, imagelist.image_files(folder))
+
+
+def index_class_names(index):
+    """Names of an index's labels: those recorded at indexing (``source.classes``), else the
+    class sub-folders of the folder it was built from, as :func:`scan_images` numbered them;
+    None when unknown (no labels, built from a list, the folder gone or with fewer classes)."""
+    source = (index.meta or {}).get("source") or {}
+    names = source.get("classes")
+    if names is None and source.get("folder") and Path(source["folder"]).is_dir():
+        names = folder_classes(source["folder"])
+    if not names or index.labels is None or index.ntotal == 0:
+        return None
+    return [str(n) for n in names] if len(names) > int(index.labels.max()) else None
 
 
 # ---------------------------------------------------------------- index and query
@@ -330,6 +357,6 @@ def montage_rows(query_images, results, query_labels=None, picture_of=None, quer
     return rows
 
 
-__all__ = ["Model", "read_image_list", "scan_images", "index_features", "build_index",
-           "build_index_file", "Hit", "Hits", "query_features", "results_json", "format_results",
-           "montage_rows"]
+__all__ = ["Model", "read_image_list", "scan_images", "folder_classes", "index_class_names",
+           "index_features", "build_index", "build_index_file", "Hit", "Hits", "query_features",
+           "results_json", "format_results", "montage_rows"]

@@ -48,17 +48,12 @@ def decode_image(data, channels=3, max_pixels=MAX_PIXELS):
 
 
 def class_names(index, names_file=None):
-    """Names of the labels: a file's lines, else the class sub-folders the index was built from
-    (sorted, as the folder scan numbered them), else None."""
+    """Names of the labels: a file's lines, else the index's own (recorded at indexing, or the
+    class sub-folders it was built from), else None."""
     if names_file is not None:
         names = [line.strip() for line in Path(names_file).read_text().splitlines()]
         return [n for n in names if n] or None
-    folder = (index.meta.get("source") or {}).get("folder") if index.meta else None
-    if not folder or index.labels is None or not Path(folder).is_dir():
-        return None
-    names = sorted(p.name for p in Path(folder).iterdir() if p.is_dir())
-    top = int(index.labels.max()) if index.ntotal else -1
-    return names if len(names) > top else None
+    return workflow.index_class_names(index)
 
 
 class Searcher:
