@@ -25,6 +25,7 @@ test-fast:
 
 # The inner loop: no Caffe build, no slow tests, no tests that need real Caffe (under a minute).
 test-quick:
+	DLBHC_NO_CAFFE=1 bash scripts/setup_env.sh
 	$(PY) -m pytest -q -m "not slow and not caffe"
 
 bench: setup

@@ -141,8 +141,8 @@ def test_cuda_build_in_cpu_mode_is_bit_identical_to_the_cpu_build(tmp_path):
 @pytest.fixture(scope="module")
 def no_gpu():
     if gpu_present():
-        pytest.skip("nvidia-smi lists a GPU here: GPU requests are expected to work "
-                    "(scripts/gpu_check.sh measures them)")
+        unavailable("nvidia-smi lists a GPU here: GPU requests are expected to work "
+                    "(scripts/gpu_check.sh measures them)", hardware=True)
 
 
 def assert_one_line(stderr, *needles):
