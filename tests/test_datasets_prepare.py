@@ -116,6 +116,7 @@ def test_cifar10_resized_to_256_lmdb(tmp_path):
     assert read_mean(m["mean_file"]).shape == (3, 256, 256)
 
 
+@pytest.mark.slow
 def test_cifar10_checksum_mismatch_names_file_and_sums_and_keeps_everything(tmp_path):
     archive, _ = make_cifar_archive(tmp_path / "offline", per_batch=1, test=1)
     data = tmp_path / "data"
@@ -224,6 +225,7 @@ def make_image_folder(folder, per_class=4, classes=("cat", "dog", "emu")):
     (folder / classes[0] / "notes.txt").write_text("not an image")
 
 
+@pytest.mark.slow
 def test_folder_with_a_corrupt_image_is_reported_and_skipped(tmp_path):
     make_image_folder(tmp_path / "photos")
     result = cli("--dataset", "list", "--folder", tmp_path / "photos", "--root",
@@ -247,6 +249,7 @@ def test_folder_with_a_corrupt_image_is_reported_and_skipped(tmp_path):
     assert m["test_count"] == 3  # one of each class (a quarter of 4)
 
 
+@pytest.mark.slow
 def test_corrupt_image_aborts_with_strict(tmp_path):
     make_image_folder(tmp_path / "photos", per_class=2)
     result = cli("--dataset", "list", "--folder", tmp_path / "photos", "--root",
@@ -312,6 +315,7 @@ def test_list_path_with_spaces_relative_to_list_folder(tmp_path):
 
 # ---------------------------------------------------------------- digits, the embedded default
 
+@pytest.mark.slow
 def test_digits_offline_in_seconds(tmp_path):
     import time
 
@@ -395,6 +399,7 @@ datasets.prepare("digits", {data!r}, progress=False)
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_no_database_and_next_run_succeeds(tmp_path):
     data = tmp_path / "data"
     script = KILL_SCRIPT.format(root=str(ROOT), data=str(data))
@@ -417,6 +422,7 @@ def test_sigkill_mid_write_leaves_no_database_and_next_run_succeeds(tmp_path):
 
 # ---------------------------------------------------------------- weights
 
+@pytest.mark.slow
 def test_caffenet_weights_and_mean_from_dir(tmp_path, fixtures_dir):
     offline = tmp_path / "offline"
     offline.mkdir()

@@ -23,6 +23,7 @@ def _modules():
         yield pytest.param(name, marks=marks, id=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(_modules()))
 def test_docstring_examples_run(name, request):
     if name in NEEDS_CAFFE:

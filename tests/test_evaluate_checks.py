@@ -28,6 +28,7 @@ def digits_model(tmp_path):
     return deploy, random_caffemodel(deploy, tmp_path / "digits.caffemodel")
 
 
+@pytest.mark.slow
 def test_top_k_is_checked_against_the_dataset_before_the_model_is_touched(digits_data_root,
                                                                           tmp_path):
     """The dataset's manifest gives the database size; the model files (missing here) are not
@@ -42,6 +43,7 @@ def test_top_k_is_checked_against_the_dataset_before_the_model_is_touched(digits
     assert "Traceback" not in done.stderr and not out.exists()
 
 
+@pytest.mark.slow
 def test_top_k_all_ranks_the_whole_database(small_files):  # noqa: F811
     folder, _ = small_files
     done = evaluate_tool("--db-codes", folder / "db.npz", "--query-codes", folder / "query.npz",
@@ -57,6 +59,7 @@ def test_top_k_all_ranks_the_whole_database(small_files):  # noqa: F811
         assert refused.returncode == 2 and "positive integer or 'all'" in refused.stderr
 
 
+@pytest.mark.slow
 def test_messages_speak_in_flags(small_files):  # noqa: F811
     folder, _ = small_files
     args = ["--db-codes", folder / "db.npz", "--query-codes", folder / "query.npz", "--top-k",
@@ -88,6 +91,7 @@ def test_a_failure_after_encoding_leaves_nothing(digits_model, digits_data_root,
     assert {p.name for p in out.iterdir()} >= {"database.npz", "queries.npz", "metrics.json"}
 
 
+@pytest.mark.slow
 def test_quiet_has_no_progress_bars(digits_model, digits_data_root):
     deploy, weights = digits_model
     args = ["--deploy", deploy, "--model", weights, "--dataset", "digits", "--root",
@@ -100,6 +104,7 @@ def test_quiet_has_no_progress_bars(digits_model, digits_data_root):
 
 @pytest.mark.parametrize("shape, cifar10", [((400, 25, 4), False),
                                            ((50000, 10000, 10), True)])
+@pytest.mark.slow
 def test_the_plot_has_the_papers_baselines_only_for_cifar10(shape, cifar10, tmp_path,
                                                             monkeypatch):
     n_database, n_queries, classes = shape

@@ -41,6 +41,7 @@ def small_files(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # the command line
 
+@pytest.mark.slow
 def test_cli_reproduces_the_released_48_bit_evaluation(fixtures_dir, tmp_path):
     folder = fixtures_dir / "released48"
     out = tmp_path / "eval"
@@ -71,6 +72,7 @@ def test_cli_reproduces_the_released_48_bit_evaluation(fixtures_dir, tmp_path):
     assert (out / "precision-at-k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_cli_refuses_to_overwrite_without_force(small_files):
     folder, _ = small_files
     out = folder / "out"
@@ -112,6 +114,7 @@ def test_cli_euclidean_mode_on_fc7(small_files):
     assert "radius" not in done.stdout
 
 
+@pytest.mark.slow
 def test_cli_bad_input_names_the_culprit(small_files):
     folder, _ = small_files
     short = folder / "short-labels.txt"

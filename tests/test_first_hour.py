@@ -142,6 +142,7 @@ def finished_run(digits_data_root, tmp_path_factory):
     return out, digits_data_root
 
 
+@pytest.mark.slow
 def test_resume_needs_no_net_flags(finished_run):
     out, _ = finished_run
     done = tool(TRAIN, "--out", out, "--resume", "--no-progress", "--backend", "torch")
@@ -153,6 +154,7 @@ def test_resume_needs_no_net_flags(finished_run):
     ("--bits", 16, 12), ("--net", "kevinnet", "small"), ("--max-iter", 99, 20),
     ("--seed", 3, 2), ("--batch-size", 8, 64), ("--test-batch-size", 7, 100),
     ("--db", "lmdb", "leveldb")])
+@pytest.mark.slow
 def test_resume_flags_that_contradict_the_run_are_errors(finished_run, flag, given, recorded):
     out, root = finished_run
     done = tool(TRAIN, "--out", out, "--root", root, "--resume", flag, given, "--no-progress")
@@ -162,6 +164,7 @@ def test_resume_flags_that_contradict_the_run_are_errors(finished_run, flag, giv
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_resume_flags_that_agree_are_fine(finished_run):
     out, root = finished_run
     done = tool(TRAIN, *train_args(root, out, max_iter=20, snapshot=10), "--resume")
@@ -180,6 +183,7 @@ def test_resume_without_a_folder_says_how_to_name_it():
                "or start it over with --force"),
     ("interrupted", "was interrupted; continue it from its latest snapshot with --resume"),
     ("completed", "completed; use --force to train it again")])
+@pytest.mark.slow
 def test_a_retry_says_how_the_earlier_run_ended(finished_run, tmp_path, status, words):
     out, root = finished_run
     copy = tmp_path / "run"
@@ -207,6 +211,7 @@ def test_a_failure_before_the_first_snapshot_says_force(tmp_path):
 
 # ---------------------------------------------------------------- make paper without a GPU
 
+@pytest.mark.slow
 def test_paper_recipe_says_the_cost_and_stops_without_a_gpu(tmp_path):
     from dlbhc_caffe import backends
 
@@ -228,11 +233,13 @@ def test_paper_recipe_says_the_cost_and_stops_without_a_gpu(tmp_path):
 
 @pytest.mark.parametrize("script", ["tools/prepare.py", "tools/train.py", "tools/evaluate.py",
                                     "tools/upgrade_net.py", "demo.py"])
+@pytest.mark.slow
 def test_help_cites_nothing_outside_the_repository(script):
     done = tool(ROOT / script, "--help")
     assert done.returncode == 0 and "design.md" not in done.stdout
 
 
+@pytest.mark.slow
 def test_help_examples_continue_their_lines():
     """Every example line of evaluate --help that ends in a backslash goes on, indented."""
     lines = tool(ROOT / "tools" / "evaluate.py", "--help").stdout.splitlines()

@@ -20,6 +20,7 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 150))
 @pytest.mark.parametrize("name", [
     pytest.param(name, marks=pytest.mark.caffe) if name in fuzz_targets.CAFFE_TARGETS else name
     for name in sorted(fuzz_targets.TARGETS)])
+@pytest.mark.slow
 def test_parser_refuses_only_with_one_line_errors(name, request):
     if name in fuzz_targets.CAFFE_TARGETS:   # the rules against real Caffe, in a child process
         request.getfixturevalue("caffe")

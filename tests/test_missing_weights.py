@@ -126,6 +126,7 @@ def _tool(*args):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["caffe", "torch"])
 def test_evaluate_and_search_refuse_it(backend, tiny, digits_data_root, tmp_path):
     _engine(backend)

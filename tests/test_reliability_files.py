@@ -201,6 +201,7 @@ def test_an_index_cannot_make_a_query_load_a_model_from_elsewhere(images, tmp_pa
     assert victim.read_text() == "keep me" and not (images / "q.png").exists()
 
 
+@pytest.mark.slow
 def test_a_recorded_model_beside_the_index_is_used_and_named(images):
     model = ["--deploy", images / "base.prototxt", "--model", images / "m.caffemodel"]
     assert _search("index", *model, "--folder", images / "imgs", "--out", images / "ok.index",
@@ -290,6 +291,7 @@ def test_index_sections_that_disagree_are_refused(tmp_path, case):
         load_index(path)
 
 
+@pytest.mark.slow
 def test_search_query_on_a_corrupt_index_exits_2(images):
     path = _index_file(images)
     _patch(path, "ids", "<i8", lambda v: v.__setitem__(3, 11))
@@ -343,6 +345,7 @@ def test_a_full_disk_or_read_only_folder_is_one_line(images, search_main, capsys
     assert not [p for p in images.iterdir() if p.name.startswith(".out.index")]
 
 
+@pytest.mark.slow
 def test_a_non_integer_label_names_its_line(images):
     (images / "list.txt").write_text("imgs/0.png 0\nimgs/1.png x\nimgs/2.png 1\n")
     done = _search(*_index_argv(images, images / "l.index")[:5], "--list", images / "list.txt",
@@ -361,6 +364,7 @@ def test_a_second_writer_of_an_index_is_refused(images, search_main, capsys):
     assert cli.run(search_main, "search.py", _index_argv(images, out)) == 0   # once it is free
 
 
+@pytest.mark.slow
 def test_two_concurrent_index_runs_one_is_refused(images):
     outs = [subprocess.Popen([sys.executable, str(ROOT / "tools" / "search.py"),
                               *_index_argv(images, images / "both.index")],

@@ -102,6 +102,7 @@ def test_a_copied_run_resumes_on_its_own_files(run_folder, digits_data_root, tmp
     assert Path(solver.snapshot_prefix).parent == copy and Path(solver.net).parent == copy
 
 
+@pytest.mark.slow
 def test_a_second_writer_of_a_run_folder_is_refused(digits_data_root, tmp_path):
     out = tmp_path / "runs" / "busy"
     with output_lock(out, "run folder"):

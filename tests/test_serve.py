@@ -285,6 +285,7 @@ def run_tool(*args):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_tool_refuses_what_it_cannot_serve(tmp_path, serve_sample):
     missing = run_tool("--index", str(tmp_path / "none.index"))
     assert missing.returncode == 2 and "none.index" in missing.stderr

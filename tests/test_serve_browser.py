@@ -141,6 +141,7 @@ def test_upload_click_and_toggle_in_the_browser(browser, trained_server, tmp_pat
     page.close()
 
 
+@pytest.mark.slow
 def test_drop_and_errors_in_the_browser(browser, serve_sample, tmp_path):
     with sample.LocalServer(serve_sample["index"], ["--backend", "torch"],
                             log=tmp_path / "server.log") as server:

@@ -509,6 +509,7 @@ def test_gradient_check(tmp_path, case):
     assert torch.autograd.gradcheck(objective, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradient_check_losses_and_eltwise(tmp_path):
     net = make_net(tmp_path, input_layer((4, 5), (4,), (4, 5), tops=("s", "label", "t")) + """
         layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "label" top: "loss"

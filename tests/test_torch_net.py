@@ -317,6 +317,7 @@ def test_save_writes_blob_shapes_and_layer_params(tmp_path):
     assert list(saved.layer[4].loss_weight) == [1.0]  # as Caffe's LossLayer records it
 
 
+@pytest.mark.slow
 def test_released_kevinnet_deploy_runs(fixtures_dir):
     """The authors' deploy file (V1 format, net-level inputs) runs: Caffe's blob sizes (ceil-mode
     pooling: 55 -> 27 -> 13 -> 6), codes in (0, 1) from the 48-unit sigmoid."""
