@@ -79,7 +79,10 @@ def trained_server(trained_small_run, tmp_path_factory):
     model = Model.from_run(trained_small_run["run"])
     index = sample.build_sample_index(folder / "digits", model, folder / "digits.index",
                                       backend="auto")
-    with sample.LocalServer(index, log=folder / "server.log") as server:
+    # The run folder is not beside the index, so the model is named (the service refuses to load
+    # a recorded model from elsewhere).
+    with sample.LocalServer(index, args=("--run", str(trained_small_run["run"])),
+                            log=folder / "server.log") as server:
         yield server, folder / "digits"
 
 

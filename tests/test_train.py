@@ -364,7 +364,7 @@ def test_existing_run_folder_is_refused(trained_small_run):
                            "--dataset", "digits", "--root", str(trained_small_run["root"]),
                            "--out", str(trained_small_run["run"])],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "already exists; use --force" in done.stderr
+    assert done.returncode == 2 and "holds a run that completed; use --force" in done.stderr
 
 
 # ---------------------------------------------------------------- tools/train.py
