@@ -87,15 +87,17 @@ class Convolution(Layer):
                 self.fail(f"bottom shape {tuple(shape)} does not match the first bottom "
                           f"{tuple(bottom_shapes[0])} with {self.channels} channels")
             out = [shape[0], self.param.convolution_param.num_output]
-            for i in range(2):
-                extent = self.dilation[i] * (self.kernel[i] - 1) + 1
-                size = (shape[2 + i] + 2 * self.pad[i] - extent) // self.stride[i] + 1
-                if size <= 0:
-                    self.fail(f"kernel {self.kernel} does not fit input {tuple(shape[2:])} "
-                              f"with pad {self.pad}")
-                out.append(size)
-            tops.append(tuple(out))
+            tops.append(tuple(out + [self.output_size(shape, i) for i in range(2)]))
         return tops
+
+    def output_size(self, shape, i):
+        """Caffe's output extent along spatial axis `i` of a bottom of `shape`."""
+        extent = self.dilation[i] * (self.kernel[i] - 1) + 1
+        size = (shape[2 + i] + 2 * self.pad[i] - extent) // self.stride[i] + 1
+        if size <= 0:
+            self.fail(f"kernel {self.kernel} does not fit input {tuple(shape[2:])} "
+                      f"with pad {self.pad}")
+        return size
 
     def forward(self, bottoms, params):
         weight = params[0]
@@ -115,21 +117,12 @@ class Deconvolution(Convolution):
         transposed = (self.channels, outputs // self.group) + tuple(shape[2:])
         super().make_params([(transposed, filler, default)] + rest)
 
-    def reshape(self, bottom_shapes):
-        tops = []
-        for shape in bottom_shapes:
-            if len(shape) != 4 or shape[1] != self.channels or shape != bottom_shapes[0]:
-                self.fail(f"bottom shape {tuple(shape)} does not match the first bottom "
-                          f"{tuple(bottom_shapes[0])} with {self.channels} channels")
-            out = [shape[0], self.param.convolution_param.num_output]
-            for i in range(2):
-                extent = self.dilation[i] * (self.kernel[i] - 1) + 1
-                size = self.stride[i] * (shape[2 + i] - 1) + extent - 2 * self.pad[i]
-                if size <= 0:
-                    self.fail(f"output size {size} along axis {2 + i} is not positive")
-                out.append(size)
-            tops.append(tuple(out))
-        return tops
+    def output_size(self, shape, i):
+        extent = self.dilation[i] * (self.kernel[i] - 1) + 1
+        size = self.stride[i] * (shape[2 + i] - 1) + extent - 2 * self.pad[i]
+        if size <= 0:
+            self.fail(f"output size {size} along axis {2 + i} is not positive")
+        return size
 
     def forward(self, bottoms, params):
         weight = params[0]
