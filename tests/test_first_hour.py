@@ -107,33 +107,6 @@ def test_demo_ctrl_c_hints_run_as_printed(tmp_path):
     assert json.loads((log.parent / "run.json").read_text())["status"] == "completed"
 
 
-@pytest.mark.slow
-def test_ctrl_c_in_prepare_is_one_line_and_exit_130(tmp_path):
-    """SIGINT while prepare.py writes records: `prepare.py: interrupted`, no traceback, exit 130,
-    and no dataset folder (written whole or not at all)."""
-    images = tmp_path / "images"
-    rng = np.random.default_rng(0)
-    for c in range(2):
-        (images / f"class{c}").mkdir(parents=True)
-        for i in range(400):
-            Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(
-                images / f"class{c}" / f"{i}.jpg")
-    root = tmp_path / "data"
-    root.mkdir()
-    # Ready once records are being written: a database or a hidden partial folder, not the
-    # output lock (taken before any work, and left behind by design).
-    partial = lambda: any(root.glob("*/*_train_leveldb")) or any(  # noqa: E731
-        p.name.startswith(".") and not p.name.endswith(".lock") for p in root.iterdir())
-    command = [sys.executable, str(ROOT / "tools" / "prepare.py"), "--dataset", "list",
-               "--folder", str(images), "--name", "photos", "--root", str(root), "--workers", "1",
-               "--quiet"]
-    code, stdout, stderr = interrupt_when(command, partial, ROOT)
-    assert code == 130, stderr
-    assert stderr.strip().splitlines()[-1] == "prepare.py: interrupted"
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    assert not (root / "photos").exists()
-
-
 # ---------------------------------------------------------------- --resume and its flags
 
 @pytest.fixture(scope="module")
