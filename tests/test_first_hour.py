@@ -107,6 +107,48 @@ def test_demo_ctrl_c_hints_run_as_printed(tmp_path):
     assert json.loads((log.parent / "run.json").read_text())["status"] == "completed"
 
 
+def test_ctrl_c_in_prepare_is_one_line_and_exit_130(tmp_path):
+    """SIGINT while prepare.py writes records: `prepare.py: interrupted`, no traceback, exit 130,
+    and no dataset folder (written whole or not at all). One list entry is a FIFO: prepare blocks
+    reading it, half-way through its records, until the signal comes, so no timing is involved."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+            images / f"{i:03d}.png")
+        lines.append(f"{i:03d}.png {i % 2}")
+    fifo = images / "stalled.png"
+    os.mkfifo(fifo)
+    lines.insert(20, "stalled.png 1")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    root = tmp_path / "data"
+    command = [sys.executable, str(ROOT / "tools" / "prepare.py"), "--dataset", "list",
+               "--list", str(tmp_path / "list.txt"), "--images-root", str(images), "--name",
+               "photos", "--root", str(root), "--workers", "1", "--quiet", "--no-shuffle",
+               "--resize", "32"]
+    writer = []
+
+    def reading_fifo():  # a writer may open a FIFO without blocking only once a reader has it
+        try:
+            writer.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            return True
+        except OSError:
+            return False
+
+    try:
+        code, stdout, stderr = interrupt_when(command, reading_fifo, ROOT, timeout=300)
+    finally:
+        for fd in writer:
+            os.close(fd)
+    assert code == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "prepare.py: interrupted"
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert not (root / "photos").exists()
+    assert not [p.name for p in root.iterdir()]  # no partial folder, no lock left
+
+
 # ---------------------------------------------------------------- --resume and its flags
 
 @pytest.fixture(scope="module")
