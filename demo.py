@@ -43,9 +43,6 @@ def build_parser():
                              "with the digits default: use this run)")
     g.add_argument("--list", metavar="FILE", help="image list: `path` or `path label` a line")
     g.add_argument("--query", metavar="IMAGE", help="query image (default: the list's first)")
-    g.add_argument("--allow-missing-weights", action="store_true",
-                   help="use a caffemodel that lacks weights for some learnable layers (they "
-                        "keep their fillers; refused by default)")
     p.add_argument("--k", type=int, default=10, help="results shown per query (default 10)")
     p.add_argument("--fine", action="store_true",
                    help="show the coarse-to-fine search (Hamming pool, fc7 re-ranking)")

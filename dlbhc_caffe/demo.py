@@ -45,6 +45,7 @@ class DemoOptions:
     force: bool = False
     quiet: bool = False
     allow_missing_weights: bool = False
+    allow_layer: list = None
     resume: object = None  # True (the latest snapshot) or a .solverstate path
 
 
@@ -125,6 +126,7 @@ def digits_demo(opts):
             return train.exit_code(run_dir)
     encoder = Encoder.from_run(run_dir, backend=opts.backend, batch_size=100,
                                progress=not opts.quiet,
+                               allow_layers=opts.allow_layer or (),
                                allow_missing_weights=opts.allow_missing_weights)
     say(f"[demo] encoding the database ({manifest['train_count']} records) and the queries "
         f"({manifest['test_count']})")
@@ -204,8 +206,7 @@ def model_demo(opts):
     if k < 1:
         raise EncodeError(f"--k {opts.k}: must be at least 1")
     encoder = model.encoder(backend=opts.backend, batch_size=opts.batch_size,
-                            progress=not opts.quiet,
-                            allow_missing_weights=opts.allow_missing_weights)
+                            progress=not opts.quiet)
     say(f"[demo] encoding {len(paths)} images")
     features = encoder.encode_images(paths, labels=labels)
     index = workflow.index_features(features, meta={"model": model.to_meta(),

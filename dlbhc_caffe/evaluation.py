@@ -51,7 +51,7 @@ def check_saved(out, force=False):
 def encode_for_evaluation(run=None, deploy=None, model=None, mean=None, scale=1.0, dataset=None,
                           root="data", backend="auto", gpu=None, batch_size=100, out=None,
                           force=False, progress=True, allow_missing_weights=False,
-                          manifest=None, mean_values=None):
+                          manifest=None, mean_values=None, allow_layers=()):
     """(database, queries) Features of a dataset's train and test splits through a model.
 
     The model is a training run folder (`run`), or `deploy` + `model` (+ `mean`, the mean file it
@@ -67,11 +67,13 @@ def encode_for_evaluation(run=None, deploy=None, model=None, mean=None, scale=1.
     engine = _engine(backend, gpu)
     if run is not None:
         encoder = Encoder.from_run(run, backend=engine.name, batch_size=batch_size,
-                                   progress=progress, allow_missing_weights=allow_missing_weights)
+                                   progress=progress, allow_layers=allow_layers,
+                                   allow_missing_weights=allow_missing_weights)
     else:
         encoder = Encoder.from_files(deploy, model, mean=mean, mean_values=mean_values,
                                      scale=1.0 if scale is None else scale, backend=engine.name,
                                      batch_size=batch_size, progress=progress,
+                                     allow_layers=allow_layers,
                                      allow_missing_weights=allow_missing_weights)
     database, queries = encode_dataset(encoder, manifest)
     if out is not None:

@@ -168,7 +168,8 @@ def test_runner_binds_caffe_and_passes_arguments(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dlbhc_caffe.pycaffe", str(script), "a", "-b"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["dlbhc_caffe.pycaffe", "dlbhc_caffe.backends.torch.caffe_io",
+    assert done.stdout.split() == ["dlbhc_caffe.backends.torch.pycaffe_api",
+                                   "dlbhc_caffe.backends.torch.caffe_io",
                                    "dlbhc_caffe.proto.dlbhc_caffe_pb2", "['a',", "'-b']",
                                    "__main__"]
     missing = subprocess.run([sys.executable, "-m", "dlbhc_caffe.pycaffe", "nope.py"],

@@ -149,9 +149,9 @@ def images(tmp_path):
     return tmp_path
 
 
-def _search(*args, cwd):
+def _search(*args, cwd, env=None):
     return subprocess.run([sys.executable, str(ROOT / "tools" / "search.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+                          capture_output=True, text=True, cwd=cwd, timeout=300, env=env)
 
 
 def _exit_2_one_line(done):
@@ -199,6 +199,63 @@ def test_an_index_cannot_make_a_query_load_a_model_from_elsewhere(images, tmp_pa
     line = _exit_2_one_line(done)
     assert f"the model file it records, {deploy}, is not beside it" in line
     assert victim.read_text() == "keep me" and not (images / "q.png").exists()
+
+
+TAP = """import caffe
+
+
+class Tap(caffe.Layer):
+    def setup(self, bottom, top):
+        with open(self.param_str, "a") as f:
+            f.write("ran\\n")
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+"""
+
+
+@pytest.mark.parametrize("backend", [pytest.param("caffe", marks=pytest.mark.caffe), "torch"])
+def test_a_code_running_layer_runs_only_when_the_command_line_names_it(images, backend, request):
+    """A Python layer is refused by default (the message gives the flag); `--allow-layer NAME`
+    lets the engine run it, and the index records the model but never the permission."""
+    if backend == "caffe":
+        request.getfixturevalue("caffe")
+    (images / "tap.py").write_text(TAP)
+    ran = images / "ran.txt"
+    deploy = images / "tap.prototxt"
+    deploy.write_text(BASE + 'layer { name: "tap" type: "Python" bottom: "fc7" top: "tapped" '
+                      'python_param { module: "tap" layer: "Tap" param_str: "%s" } }\n' % ran)
+    args = ["index", "--deploy", deploy, "--model", images / "m.caffemodel", "--folder",
+            images / "imgs", "--backend", backend, "--quiet"]
+    env = dict(os.environ, PYTHONPATH=str(images))
+    line = _exit_2_one_line(_search(*args, "--out", images / "a.index", cwd=images, env=env))
+    assert "layer 'tap' (Python)" in line and "--allow-layer tap" in line
+    assert not ran.exists() and not (images / "a.index").exists()
+    done = _search(*args, "--out", images / "b.index", "--allow-layer", "tap", cwd=images, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ran.read_text().startswith("ran")
+    model = load_index(images / "b.index").meta["model"]
+    assert model["deploy"] == str(deploy) and "allow_layers" not in model
+
+
+def test_hdf5_output_is_refused_even_when_named(images):
+    """Real Caffe's HDF5Output writes its datasets once and aborts on the next forward, so an
+    encoder (many forwards) can never run it: refused, with the reason, allowed or not."""
+    dump = images / "dump.h5"
+    deploy = images / "writer.prototxt"
+    deploy.write_text(BASE + 'layer { name: "dump" type: "HDF5Output" bottom: "fc7" '
+                      'bottom: "fc7" hdf5_output_param { file_name: "%s" } }\n' % dump)
+    line = _exit_2_one_line(_search(
+        "index", "--deploy", deploy, "--model", images / "m.caffemodel", "--folder",
+        images / "imgs", "--out", images / "a.index", "--allow-layer", "dump", cwd=images))
+    assert "layer 'dump' (HDF5Output)" in line and "one forward" in line
+    assert not dump.exists() and not (images / "a.index").exists()
 
 
 @pytest.mark.slow

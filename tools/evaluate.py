@@ -38,7 +38,6 @@ from dlbhc_caffe import cli  # noqa: E402
 from dlbhc_caffe import codes, evaluation, metrics, plots  # noqa: E402
 from dlbhc_caffe.encode import add_model_options, model_given, resolve_model  # noqa: E402
 from dlbhc_caffe.errors import DlbhcError  # noqa: E402
-from dlbhc_caffe.rules.weights import ALLOW_FLAG  # noqa: E402
 
 
 def top_k_option(text):
@@ -95,9 +94,6 @@ def build_parser():
     device.add_argument("--cpu", action="store_true", help="run the net on the CPU (default)")
     model.add_argument("--batch-size", type=int, default=100,
                        help="images per forward pass (default 100)")
-    model.add_argument(ALLOW_FLAG, action="store_true",
-                       help="use a caffemodel that lacks weights for some learnable layers "
-                            "(they keep their fillers; refused by default)")
     parser.add_argument("--top-k", type=top_k_option, default=1000, metavar="K|all",
                         help="the k of mAP@k and of precision@1..k (default 1000, the paper's; "
                              "all: the whole ranking)")
@@ -127,7 +123,8 @@ def inputs_from_model(args, parser):
         run=model.run, deploy=model.deploy, model=model.weights, mean=model.mean,
         mean_values=model.mean_values, scale=model.scale, backend=args.backend, gpu=args.gpu,
         batch_size=args.batch_size, progress=not args.quiet,
-        allow_missing_weights=args.allow_missing_weights, manifest=manifest)
+        allow_layers=model.allow_layers, allow_missing_weights=model.allow_missing_weights,
+        manifest=manifest)
     field = "fc7" if args.distance == "euclidean" else "codes"
     return (getattr(database, field), database.labels, getattr(queries, field),
             queries.labels), (database, queries), manifest

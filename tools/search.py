@@ -57,9 +57,6 @@ def _model_options(p, required):
     p.add_argument("--backend", choices=("auto", "caffe", "torch"), default="auto",
                    help="engine that runs the net (default auto: caffe when it imports)")
     p.add_argument("--batch-size", type=int, default=10, help="images per forward pass")
-    p.add_argument("--allow-missing-weights", action="store_true",
-                   help="use a caffemodel that lacks weights for some learnable layer (they keep "
-                        "their fillers: the codes mean little)")
 
 
 def build_parser():

@@ -84,7 +84,8 @@ def main(argv=None):
 
     searcher = serve.Searcher(args.index, model=model_from_args(args), backend=args.backend,
                               names_file=args.classes, max_k=args.max_k,
-                              default_radius=args.radius)
+                              default_radius=args.radius,
+                              trust=(args.allow_layer, args.allow_missing_weights))
     try:
         if args.engine == "milvus":
             _use_milvus(searcher, args)

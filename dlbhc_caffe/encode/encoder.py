@@ -141,7 +141,7 @@ class Encoder:
 
     @classmethod
     def from_run(cls, run_dir, backend="auto", batch_size=BATCH_SIZE, progress=False,
-                 allow_missing_weights=False):
+                 allow_layers=(), allow_missing_weights=False):
         """An encoder for a training run folder (run.json, deploy.prototxt, final.caffemodel,
         and the TEST transform of train_val.prototxt; see :func:`dlbhc_caffe.runs.run_settings`).
         Any backend runs any run's files; ``backend`` picks the engine.
@@ -151,6 +151,7 @@ class Encoder:
                               mean_values=settings["mean_values"], resize=settings["resize"],
                               scale=settings["scale"], backend=backend,
                               batch_size=batch_size, progress=progress,
+                              allow_layers=allow_layers,
                               allow_missing_weights=allow_missing_weights)
 
     # ------------------------------------------------------------ forward

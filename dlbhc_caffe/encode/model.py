@@ -21,13 +21,14 @@ Traceback (most recent call last):
 dlbhc_caffe.encode.transform.EncodeError: --run takes the model from the run folder: drop --model
 """
 import argparse
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .. import runs
-from ..rules.validate import check_beside
+from ..rules.validate import ALLOW_LAYER_FLAG, check_beside
+from ..rules.weights import ALLOW_FLAG
 from .encoder import BATCH_SIZE, Encoder
 from .transform import EncodeError
 
@@ -53,7 +54,9 @@ class Model:
     """The net that encodes images: a run folder, or deploy + weights (+ mean, resize, scale).
 
     Saved in an index's meta (:meth:`to_meta`), so a query encodes its images as the database
-    was encoded without being told the model again.
+    was encoded without being told the model again. What the user allowed on the command line
+    (``allow_layers``, ``allow_missing_weights``) is never saved nor read from a meta: a file
+    must not grant itself trust.
     """
 
     deploy: str
@@ -63,6 +66,8 @@ class Model:
     resize: list = None
     scale: float = 1.0
     run: str = None
+    allow_layers: tuple = field(default=(), metadata={"trust": True})
+    allow_missing_weights: bool = field(default=False, metadata={"trust": True})
 
     @classmethod
     def from_run(cls, run_dir):
@@ -88,7 +93,7 @@ class Model:
         model = (meta or {}).get("model")
         if not isinstance(model, dict) or not model.get("deploy") or not model.get("weights"):
             return None
-        return cls(**{k: model.get(k) for k in cls.__dataclass_fields__ if k in model})
+        return cls(**{k: model.get(k) for k in _saved_fields() if k in model})
 
     @classmethod
     def recorded_beside(cls, index_path, meta):
@@ -101,14 +106,28 @@ class Model:
         return model
 
     def to_meta(self):
-        return asdict(self)
+        saved = _saved_fields()
+        return {k: v for k, v in asdict(self).items() if k in saved}
+
+    def trusting(self, allow_layers=(), allow_missing_weights=False):
+        """This model with what the command line allowed (see add_model_options)."""
+        return replace(self, allow_layers=tuple(allow_layers or ()),
+                       allow_missing_weights=bool(allow_missing_weights))
 
     def encoder(self, backend="auto", batch_size=BATCH_SIZE, progress=False,
-                allow_missing_weights=False):
+                allow_missing_weights=None):
+        if allow_missing_weights is None:
+            allow_missing_weights = self.allow_missing_weights
         return Encoder.from_files(self.deploy, self.weights, mean=self.mean,
                                   mean_values=self.mean_values, resize=self.resize,
                                   scale=self.scale, backend=backend, batch_size=batch_size,
-                                  progress=progress, allow_missing_weights=allow_missing_weights)
+                                  progress=progress, allow_layers=self.allow_layers,
+                                  allow_missing_weights=allow_missing_weights)
+
+
+def _saved_fields():
+    """The Model fields an index's meta holds: all but the command line's trust."""
+    return [f.name for f in Model.__dataclass_fields__.values() if not f.metadata.get("trust")]
 
 
 def mean_values(text):
@@ -144,6 +163,13 @@ def add_model_options(parser, title="model (a training run, or deploy + model + 
     group.add_argument("--scale", type=float, metavar="S",
                        help="multiplier of the mean-subtracted pixels (the transform_param.scale "
                             "the model was trained with; default 1)")
+    group.add_argument(ALLOW_FLAG, action="store_true",
+                       help="use a caffemodel that lacks weights for some learnable layers (they "
+                            "keep their fillers: the codes mean little; refused by default)")
+    group.add_argument(ALLOW_LAYER_FLAG, action="append", metavar="NAME", dest="allow_layer",
+                       help="let the net keep a layer that writes files or runs code "
+                            "(HDF5Output, Python), by layer name or type; repeatable (refused "
+                            "by default)")
     return group
 
 
@@ -154,12 +180,21 @@ def model_given(args):
 
 
 def resolve_model(args, fallback=None, required=True):
-    """The Model that parsed `args` name (see add_model_options), else `fallback`.
+    """The Model that parsed `args` name (see add_model_options), else `fallback`, with what
+    `args` allow (--allow-layer, --allow-missing-weights).
 
     --run excludes every other model flag; --deploy and --model go together; with neither and
     no fallback, EncodeError says what to give (or, not `required`, None: the caller has a
     default of its own, e.g. the model recorded in an index).
     """
+    model = _named_model(args, fallback, required)
+    if model is None:
+        return None
+    return model.trusting(getattr(args, "allow_layer", None),
+                          getattr(args, "allow_missing_weights", False))
+
+
+def _named_model(args, fallback, required):
     given = [flag for flag, name in FILE_FLAGS if getattr(args, name, None) is not None]
     if getattr(args, "run", None):
         if given:

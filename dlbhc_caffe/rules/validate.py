@@ -39,6 +39,9 @@ from .shapes import ShapeError, UnknownShapeRule, layer_shapes
 # Layers that read only their own blob (Caffe refuses them in place).
 _NOT_IN_PLACE = {"Flatten", "Reshape", "Split", "AbsVal"}
 # Layers that write files, or run arbitrary code, when a net is built or run.
+# The flag that lets such layers through, by layer name or type (tools add it with the model flags).
+ALLOW_LAYER_FLAG = "--allow-layer"
+
 FILE_WRITERS = {"HDF5Output": "writes the HDF5 file it names (truncating it when the net is built)",
                 "Python": "runs Python code from the module it names"}
 
@@ -132,6 +135,10 @@ def check_file_writers(net, source="<net>", allow=()):
     layer name or type): a net loaded to encode or search must not touch anything else."""
     allow = set(allow or ())
     for layer in net.layer:
+        if layer.type == "HDF5Output":  # Caffe's writes its datasets once: a 2nd forward aborts
+            raise RuleError(f"{_culprit(source, layer)}: {FILE_WRITERS[layer.type]} "
+                            f"('{layer.hdf5_output_param.file_name}'), and real Caffe runs it "
+                            f"for one forward only (the next aborts): remove it to encode")
         if layer.type in FILE_WRITERS and not {layer.name, layer.type} & allow:
             target = ""
             if layer.type == "HDF5Output":
@@ -140,7 +147,7 @@ def check_file_writers(net, source="<net>", allow=()):
                 target = f" (module '{layer.python_param.module}')"
             raise RuleError(f"{_culprit(source, layer)}: {FILE_WRITERS[layer.type]}{target}; "
                             f"refused for a net loaded to encode or search: remove the layer, "
-                            f"or allow it by name (allow_layers=['{layer.name}'])")
+                            f"or allow it by name ({ALLOW_LAYER_FLAG} {layer.name})")
 
 
 def check_deploy(net, source="<net>", allow_layers=()):

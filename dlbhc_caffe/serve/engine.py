@@ -61,11 +61,12 @@ class Searcher:
 
     index_path: the index file (memory-mapped).
     model: a :class:`dlbhc_caffe.encode.Model`; None takes the one recorded in the
-        index; ``False`` serves without one (searches by id and code only).
+        index (with ``trust``, the command line's (allow_layers, allow_missing_weights));
+        ``False`` serves without one (searches by id and code only).
     """
 
     def __init__(self, index_path, model=None, backend="auto", names_file=None, max_k=MAX_K,
-                 default_radius=DEFAULT_RADIUS):
+                 default_radius=DEFAULT_RADIUS, trust=((), False)):
         self.index_path = Path(index_path)
         self.index = load_index(self.index_path)
         if self.index.ntotal == 0:
@@ -81,6 +82,7 @@ class Searcher:
                 raise EncodeError(f"{self.index_path}: the index records no model: give --run "
                                   f"or --deploy/--model, or --no-model (search by id and code "
                                   f"only)")
+            model = model.trusting(*trust)
         self.model = model or None
         self.encoder = None
         if self.model is not None:

@@ -71,6 +71,22 @@ class _Call(torch.autograd.Function):
                                                         ctx.num_bottoms)
 
 
+def _user_class(module_name, layer_name):
+    """The user's layer class, its module imported with `caffe` bound to this engine's pycaffe
+    (in a process that also imported real Caffe's, `caffe.Layer` would be a C++ class this
+    engine cannot build); a module imported earlier under another `caffe` is imported again."""
+    from ..pycaffe_api import bound  # noqa: PLC0415 - pycaffe_api imports this module
+
+    with bound():
+        module = importlib.import_module(module_name)
+        cls = getattr(module, layer_name)
+        if isinstance(cls, type) and not issubclass(cls, PythonLayer) and \
+                getattr(module, "caffe", None) is not None and \
+                getattr(module.caffe, "Layer", None) is not PythonLayer:
+            cls = getattr(importlib.reload(module), layer_name)
+    return cls
+
+
 @register("Python")
 class Python(Layer):
     """Runs a user's PythonLayer; attributes the adapter lacks are the user layer's."""
@@ -80,7 +96,7 @@ class Python(Layer):
         if not pp.module or not pp.layer:
             self.fail("python_param needs module and layer")
         try:
-            cls = getattr(importlib.import_module(pp.module), pp.layer)
+            cls = _user_class(pp.module, pp.layer)
         except (ImportError, AttributeError) as err:
             self.fail(f"cannot load python_param layer '{pp.layer}' from module "
                       f"'{pp.module}': {err}")

@@ -3,8 +3,8 @@ probabilities of H x W x K images, from the centre crop or averaged over Caffe's
 (corners, centre and their mirrors), as python/caffe/classifier.py does."""
 import numpy as np
 
-from ..backends.torch import caffe_io as io
-from ..backends.torch.net import TEST, Net
+from . import caffe_io as io
+from .net import TEST, Net
 
 
 class Classifier(Net):
