@@ -9,11 +9,17 @@ existing file stays as it was.
 one process (or one part of a process) is refused to a second writer with a one-line error,
 instead of both "succeeding" and one result being silently lost. The lock is the kernel's
 (fcntl.flock), so a killed writer never leaves a stale lock behind.
+
+What a writer stages under its own name (`partial_path`: a dataset, a snapshot) carries its
+process id, so `remove_stale_partials` can clear what a killed writer left (its process is gone)
+without touching a live writer's.
 """
 import contextlib
 import errno
 import fcntl
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -118,3 +124,50 @@ def atomic_write_bytes(path, data):
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+# ---------------------------------------------------------------- staged names, and their leftovers
+
+_PARTIAL = ".partial-"
+
+
+def partial_path(target):
+    """The hidden name this process stages `target` under."""
+    target = Path(target)
+    return target.with_name(f".{target.name}{_PARTIAL}{os.getpid()}")
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_path(path):
+    """Remove a file, link or folder tree (nothing when it is not there)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def remove_stale_partials(target, log=print, tail=""):
+    """Remove what killed writers of `target` left (``.NAME.partial-PID``, ``.NAME.old-PID``,
+    then `tail`, a regex, e.g. a snapshot's ``_iter_N.caffemodel``) once PID is gone."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(f".{target.name}") + r"(?:\.partial|\.old)-(\d+)" + tail + "$")
+    removed = []
+    for entry in target.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            log(f"removing {entry}, left by an interrupted run")
+            remove_path(entry)
+            removed.append(entry)
+    return removed

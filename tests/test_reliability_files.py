@@ -434,3 +434,24 @@ def test_two_concurrent_index_runs_one_is_refused(images):
     assert codes == [0, 2], results
     assert any("another process is writing this index" in err or "already exists" in err
                for _, err in results)
+
+
+# ---------------------------------------------------------------- leftovers of a killed writer
+
+def test_a_killed_runs_staged_snapshot_is_removed_and_a_live_ones_kept(tmp_path):
+    from dlbhc_caffe.train.snapshots import staging_prefix  # noqa: PLC0415
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    prefix = tmp_path / "snap"
+    dead = [tmp_path / f".snap.partial-{gone}_iter_10.caffemodel",
+            tmp_path / f".snap.partial-{gone}_iter_10.solverstate"]
+    live = tmp_path / f".snap.partial-{os.getppid()}_iter_10.caffemodel"
+    kept = [live, tmp_path / "snap_iter_10.caffemodel", tmp_path / f".other.partial-{gone}"]
+    for path in dead + kept:
+        path.write_bytes(b"x")
+    said = []
+    staged = staging_prefix(prefix, log=said.append)
+    assert staged == tmp_path / f".snap.partial-{os.getpid()}"
+    assert not any(p.exists() for p in dead) and all(p.exists() for p in kept)
+    assert len(said) == 2 and "left by an interrupted run" in said[0]

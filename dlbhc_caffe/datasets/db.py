@@ -15,8 +15,6 @@ half database under the real name (the next writer removes the leftover).
 ((1, 3, 4, 4), [7])
 """
 import os
-import re
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 
 from ..proto import datum_from_array, pb
 from ..errors import DlbhcError
+from ..fileio import partial_path, remove_path as _remove, remove_stale_partials  # noqa: F401
 from .records import decode_datum
 
 BACKENDS = ("leveldb", "lmdb")
@@ -58,50 +57,6 @@ def detect_backend(path):
 def record_key(index, digits=KEY_DIGITS):
     """The key of record number `index`: zero-padded decimal, as bytes."""
     return str(index).zfill(digits).encode("ascii")
-
-
-# ---------------------------------------------------------------- temporary names
-
-_PARTIAL = ".partial-"
-
-
-def partial_path(target):
-    """The temporary name `target` is written under by this process."""
-    target = Path(target)
-    return target.with_name(f".{target.name}{_PARTIAL}{os.getpid()}")
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_partials(target, log=print):
-    """Remove what interrupted writers of `target` left behind (their process is gone)."""
-    target = Path(target)
-    if not target.parent.is_dir():
-        return []
-    pattern = re.compile(re.escape(f".{target.name}") + r"(?:\.partial|\.old)-(\d+)$")
-    removed = []
-    for entry in target.parent.iterdir():
-        match = pattern.match(entry.name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
-            log(f"removing {entry}, left by an interrupted run")
-            _remove(entry)
-            removed.append(entry)
-    return removed
-
-
-def _remove(path):
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def replace_path(partial, target):

@@ -13,14 +13,19 @@ import os
 from pathlib import Path
 
 from .. import proto
+from ..fileio import partial_path, remove_stale_partials
 from ..proto import pb
 from ..rules.solver import snapshot_paths
 
+# The files a staged snapshot adds to its prefix (Caffe's names: _iter_N.caffemodel/.solverstate).
+STAGED_TAIL = r"_iter_\d+\.(?:caffemodel|solverstate)(?:\.h5)?"
 
-def staging_prefix(snapshot_prefix):
-    """The hidden prefix the engine writes a snapshot under before it is renamed into place."""
-    prefix = Path(snapshot_prefix)
-    return prefix.with_name(f".{prefix.name}.partial-{os.getpid()}")
+
+def staging_prefix(snapshot_prefix, log=print):
+    """The hidden prefix the engine writes a snapshot under before it is renamed into place;
+    what a killed run left staged under this prefix is removed first."""
+    remove_stale_partials(snapshot_prefix, log=log, tail=STAGED_TAIL)
+    return partial_path(snapshot_prefix)
 
 
 def finish_snapshot(solver_param, iteration):
@@ -28,7 +33,7 @@ def finish_snapshot(solver_param, iteration):
     state re-pointed at the final caffemodel, the caffemodel renamed first, so a solver state
     always names a whole caffemodel and neither file is ever seen half written."""
     model, state_path = snapshot_paths(solver_param, iteration)
-    staged = pb.SolverParameter(snapshot_prefix=str(staging_prefix(solver_param.snapshot_prefix)))
+    staged = pb.SolverParameter(snapshot_prefix=str(partial_path(solver_param.snapshot_prefix)))
     tmp_model, tmp_state = snapshot_paths(staged, iteration)
     state = proto.read_solverstate(tmp_state)
     state.learned_net = str(model)
