@@ -9,7 +9,7 @@ demo: setup
 	$(PY) demo.py
 
 test: setup
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 # Both Caffe builds, CPU-only and CUDA (tests/test_caffe_gpu.py holds one against the other;
 # not part of `make test`: the CUDA build's cold time does not yet fit CI reliably);
@@ -21,7 +21,7 @@ caffe-variants: setup
 # Without the Caffe build (tests that need Caffe skip, or fail when CI=true).
 test-fast:
 	DLBHC_NO_CAFFE=1 bash scripts/setup_env.sh
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 # The inner loop: no Caffe build, no slow tests, no tests that need real Caffe (under a minute).
 test-quick:
@@ -36,10 +36,12 @@ paper: setup
 	bash scripts/paper_recipe.sh
 
 # Fuzz every file reader for FUZZ_SECONDS per parser (each in a child process); prints inputs
-# tried, aborts, crashes, hangs and unexpected exception types per parser (after `make setup`).
+# tried, aborts, crashes, hangs and unexpected exception types per parser; FUZZ_JOBS parsers at
+# once (default: the CPUs), so the 8 parsers take 8 x FUZZ_SECONDS / FUZZ_JOBS.
 FUZZ_SECONDS ?= 600
+FUZZ_JOBS ?= $(shell nproc)
 fuzz: setup
-	$(PY) tests/fuzz_targets.py --seconds $(FUZZ_SECONDS)
+	$(PY) tests/fuzz_targets.py --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS)
 
 clean:
 	rm -rf build .venv *.egg-info

@@ -15,6 +15,7 @@ prints the inputs tried per parser and what went wrong (nothing, when all is wel
 version runs in the normal test suite (tests/test_fuzz_parsers.py).
 """
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import signal
@@ -369,11 +370,38 @@ def fuzz_for(name, seconds, hang_seconds=10):
     return report
 
 
+def _child(name, seconds):
+    """(exit code or None for a hang, stdout, stderr) of one parser's fuzzing child."""
+    command = [sys.executable, __file__, "--child", name, "--seconds", str(seconds)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+        return done.returncode, done.stdout, done.stderr
+    except subprocess.TimeoutExpired:
+        return None, "", ""
+
+
+def _report(name, code, out, err):
+    """Print one parser's line; True when it found anything."""
+    report = json.loads(out.splitlines()[-1]) if code == 0 and out.strip() else \
+        {"inputs": "?", "unexpected": {}, "hangs": int(code is None)}
+    aborts = int(code == -signal.SIGABRT)
+    crashes = int(code not in (0, None, -signal.SIGABRT))
+    print(f"{name:12s} {report['inputs']:>9} {aborts:>6d} {crashes:>7d} "
+          f"{report['hangs']:>5d} {len(report['unexpected']):>10d}", flush=True)
+    for kind, example in report["unexpected"].items():
+        print(f"    {kind}: {example[:300]!r}")
+    if code != 0:
+        print(f"    child exit status {code}: {err[-500:] if code else ''}")
+    return bool(aborts or crashes or report["hangs"] or report["unexpected"])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Fuzz every parser, each in a child process.")
     p.add_argument("--seconds", type=float, default=float(os.environ.get("FUZZ_SECONDS", 600)),
                    help="budget per parser (default FUZZ_SECONDS or 600)")
     p.add_argument("--only", action="append", choices=sorted(TARGETS))
+    p.add_argument("--jobs", type=int, default=int(os.environ.get("FUZZ_JOBS", 1)),
+                   help="parsers fuzzed at once (default FUZZ_JOBS or 1)")
     p.add_argument("--child", choices=sorted(TARGETS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -381,26 +409,13 @@ def main(argv=None):
         return 0
     failed = False
     print(f"{'parser':12s} {'inputs':>9s} {'aborts':>6s} {'crashes':>7s} {'hangs':>5s} "
-          f"{'unexpected':>10s}   (budget {args.seconds:g} s each)", flush=True)
-    for name in args.only or sorted(TARGETS):
-        command = [sys.executable, __file__, "--child", name, "--seconds", str(args.seconds)]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True,
-                                  timeout=args.seconds + 120)
-            code, out = done.returncode, done.stdout
-        except subprocess.TimeoutExpired:
-            code, out = None, ""
-        report = json.loads(out.splitlines()[-1]) if code == 0 and out.strip() else \
-            {"inputs": "?", "unexpected": {}, "hangs": int(code is None)}
-        aborts = int(code == -signal.SIGABRT)
-        crashes = int(code not in (0, None, -signal.SIGABRT))
-        print(f"{name:12s} {report['inputs']:>9} {aborts:>6d} {crashes:>7d} "
-              f"{report['hangs']:>5d} {len(report['unexpected']):>10d}", flush=True)
-        for kind, example in report["unexpected"].items():
-            print(f"    {kind}: {example[:300]!r}")
-        if code not in (0,):
-            print(f"    child exit status {code}: {done.stderr[-500:] if code else ''}")
-        failed |= bool(aborts or crashes or report["hangs"] or report["unexpected"])
+          f"{'unexpected':>10s}   (budget {args.seconds:g} s each, {args.jobs} at a time)",
+          flush=True)
+    names = args.only or sorted(TARGETS)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for name, (code, out, err) in zip(names, pool.map(
+                lambda name: _child(name, args.seconds), names)):
+            failed |= _report(name, code, out, err)
     return 1 if failed else 0
 
 
