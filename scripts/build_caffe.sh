@@ -402,10 +402,12 @@ void ${pair#*:}<Dtype>::Backward_gpu(const vector<Blob<Dtype>*>& top,
   Backward_cpu(top, propagate_down, bottom);
 }"
 done
-# src/caffe/internal_thread.cpp: a data layer's prefetch thread asked CUDA for the current device
-# even in CPU mode, so a CUDA build could not run Data layers on a machine without a GPU.
+# src/caffe/internal_thread.cpp: a data layer's prefetch thread asked CUDA for the current device,
+# and set it, even in CPU mode, so a CUDA build could not run Data layers on a machine without a GPU.
 patch_text "$SRC/src/caffe/internal_thread.cpp" 1 $'  CUDA_CHECK(cudaGetDevice(&device));\n' \
   $'  if (Caffe::mode() == Caffe::GPU) CUDA_CHECK(cudaGetDevice(&device));  // dlbhc: CPU mode\n'
+patch_text "$SRC/src/caffe/internal_thread.cpp" 1 $'  CUDA_CHECK(cudaSetDevice(device));\n' \
+  $'  if (mode == Caffe::GPU) CUDA_CHECK(cudaSetDevice(device));  // dlbhc: CPU mode\n'
 # src/caffe/common.cpp: CUDA 13 removed these cudaDeviceProp fields; DeviceQuery asks for them.
 COMMON_CPP=$SRC/src/caffe/common.cpp
 for pair in clockRate:cudaDevAttrClockRate deviceOverlap:cudaDevAttrGpuOverlap \

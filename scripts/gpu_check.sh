@@ -4,6 +4,7 @@
 # network, under 8 minutes, at most 64 MiB brought along).
 #
 #   bash scripts/gpu_check.sh --prepare   here (a build machine): .gpu_check/bundle.tar.xz
+#                                         (DLBHC_GPU_CHECK_BUNDLE: another path)
 #   bash scripts/gpu_check.sh             there, from the repository root: runs and reports
 #   bash scripts/gpu_check.sh --dry-run   here, without a GPU: the same steps in CPU mode, small
 #
@@ -14,7 +15,8 @@
 # under 64 MiB. The GPU machine's own CUDA 13 runtime, cuBLAS and cuRAND are used (its toolkit or
 # its torch's nvidia-* wheels; DLBHC_CUDA_LIBS names other folders); cuBLAS alone is ~0.5 GB. The
 # nets (generated here by dlbhc_caffe.netgen) and the wheels the project's torch backend needs
-# there (protobuf as pinned, lmdb) for Python 3.12 travel too. Pycaffe does not: it is built for
+# there (protobuf, lmdb, Pillow, tqdm, as pinned: what the backend imports beyond torch and numpy)
+# for Python 3.12 travel too. Pycaffe does not: it is built for
 # this machine's Python.
 #
 # What it reports (stdout, and report.txt in the work folder, DLBHC_GPU_CHECK_WORK, default
@@ -42,7 +44,7 @@ case ${1:-} in
   "") ;;
   *) die "usage: bash scripts/gpu_check.sh [--prepare | --dry-run]" ;;
 esac
-BUNDLE=$REPO/.gpu_check/bundle.tar.xz
+BUNDLE=${DLBHC_GPU_CHECK_BUNDLE:-$REPO/.gpu_check/bundle.tar.xz}
 WORK=${DLBHC_GPU_CHECK_WORK:-/tmp/dlbhc-gpu-check}
 GLIBC_LIBS='^(libc|libm|libdl|librt|libpthread|libresolv|libutil|ld-linux-x86-64)\.so'
 CUDA_LIBS='^(libcudart|libcublas|libcublasLt|libcurand|libcuda)\.so'
@@ -120,14 +122,15 @@ stage() {
 prepare() {
   local st
   st=$(mktemp -d)
-  trap 'rm -rf "$st"' EXIT
+  STAGED=$st  # global: the EXIT trap runs after this function's locals are gone
+  trap 'rm -rf "$STAGED"' EXIT
   stage "$st" 32 8 300 50
-  say "wheels for the GPU machine's Python 3.12 (protobuf as pinned, lmdb)"
+  say "wheels for the GPU machine's Python 3.12 (protobuf, lmdb, Pillow, tqdm as pinned)"
   mkdir -p "$st/wheels"
   "$REPO/.venv/bin/python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux_2_28_x86_64 -d "$st/wheels" \
-    "$(grep -E '^protobuf==' "$REPO/requirements.txt")" "$(grep -E '^lmdb==' "$REPO/requirements.txt")"
+    $(grep -E '^(protobuf|lmdb|Pillow|tqdm)==' "$REPO/requirements.txt")
   mkdir -p "$(dirname "$BUNDLE")"
   tar -cf - -C "$st" . | xz -T2 -6 > "$BUNDLE.tmp"
   mv -f "$BUNDLE.tmp" "$BUNDLE"
@@ -166,14 +169,15 @@ report() { echo "$*" | tee -a "$WORK/report.txt"; }
 # must not reach this machine's Python and torch).
 tool() { LD_LIBRARY_PATH=$TOOL_LIBS "$WORK/bin/$1" "${@:2}"; }
 
-# glog's timestamps (hh:mm:ss.micro) of two "Iteration N" lines -> images/s between them.
+# glog's timestamps (hh:mm:ss.micro, after mmdd or yyyymmdd) of two "Iteration N" lines ->
+# images/s between them.
 caffe_rate() {
   "$PY" - "$@" <<'EOF'
 import re, sys
 log, first, last, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 stamps = {}
 for line in open(log, errors="replace"):
-    m = re.match(r"I\d{4} (\d\d):(\d\d):(\d\d\.\d+).*\] Iteration (\d+)", line)
+    m = re.match(r"I(?:\d{4})?\d{4} (\d\d):(\d\d):(\d\d\.\d+).*\] Iteration (\d+)", line)
     if m:
         stamps.setdefault(int(m.group(4)), 3600 * int(m.group(1)) + 60 * int(m.group(2)) + float(m.group(3)))
 if first not in stamps or last not in stamps:

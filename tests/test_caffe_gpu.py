@@ -265,3 +265,31 @@ def test_gpu_check_dry_run(tmp_path):
             if "=>" not in line or name.startswith(GLIBC + CUDA):
                 continue
             assert f"=> {lib}/" in line, f"{tool}: {line.strip()} does not come from the bundle"
+
+
+@pytest.mark.slow
+def test_gpu_check_bundle_holds_what_travels(tmp_path):
+    """`--prepare`: the tools, their libraries, the nets and the Python 3.12 wheels, in one file
+    well under the 64 MiB a call may carry."""
+    import tarfile  # noqa: PLC0415
+
+    caffe_home("cuda")
+    bundle = tmp_path / "bundle.tar.xz"
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    env["DLBHC_GPU_CHECK_BUNDLE"] = str(bundle)
+    done = subprocess.run(["bash", "scripts/gpu_check.sh", "--prepare"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert bundle.stat().st_size < 60 * 1024 * 1024
+    with tarfile.open(bundle) as tar:
+        names = [name.lstrip("./") for name in tar.getnames()]
+    for wanted in ("bin/caffe", "bin/gpu_check_probe", "nets/compare.prototxt",
+                   "nets/time.prototxt", "nets/train.prototxt", "nets/solver.prototxt"):
+        assert wanted in names, wanted
+    assert any(n.startswith("lib/libcaffe.so") for n in names)
+    wheels = [n for n in names if n.startswith("wheels/") and n.endswith(".whl")]
+    for package in ("protobuf", "lmdb", "pillow", "tqdm"):
+        # for CPython 3.12: its own tag, the stable ABI, or pure Python
+        assert any(w.lower().startswith(f"wheels/{package}-") and
+                   any(tag in w for tag in ("cp312", "abi3", "py3-none")) for w in wheels), \
+            (package, wheels)
