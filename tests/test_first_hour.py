@@ -30,8 +30,10 @@ def shell(command, cwd, timeout=900):
                           timeout=timeout, env=ONE_THREAD)
 
 
-def interrupt_when(command, ready, cwd, env=None, sig=signal.SIGINT, timeout=600):
-    """Start `command`, send `sig` once ready() is true, and return (exit code, stdout, stderr)."""
+def interrupt_when(command, ready, cwd, env=None, sig=signal.SIGINT, timeout=600,
+                   after_signal=None):
+    """Start `command`, send `sig` once ready() is true (then call after_signal()), and return
+    (exit code, stdout, stderr)."""
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -44,6 +46,8 @@ def interrupt_when(command, ready, cwd, env=None, sig=signal.SIGINT, timeout=600
                 raise AssertionError(f"not ready after {timeout} s")
             time.sleep(0.1)
         process.send_signal(sig)
+        if after_signal is not None:
+            after_signal()
         stdout, stderr = process.communicate(timeout=timeout)
     finally:
         if process.poll() is None:
@@ -110,7 +114,9 @@ def test_demo_ctrl_c_hints_run_as_printed(tmp_path):
 def test_ctrl_c_in_prepare_is_one_line_and_exit_130(tmp_path):
     """SIGINT while prepare.py writes records: `prepare.py: interrupted`, no traceback, exit 130,
     and no dataset folder (written whole or not at all). One list entry is a FIFO: prepare blocks
-    reading it, half-way through its records, until the signal comes, so no timing is involved."""
+    reading it, half-way through its records, until the signal comes, so no timing is involved.
+    The writer end is closed after the signal: the kernel may hand SIGINT to one of prepare's
+    other threads, and then only the read's end (EOF) lets the main thread see it."""
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
@@ -137,11 +143,16 @@ def test_ctrl_c_in_prepare_is_one_line_and_exit_130(tmp_path):
         except OSError:
             return False
 
+    def close_writer(settle=0.0):
+        time.sleep(settle)  # the signal's handler has run, in whichever thread, by then
+        while writer:
+            os.close(writer.pop())
+
     try:
-        code, stdout, stderr = interrupt_when(command, reading_fifo, ROOT, timeout=300)
+        code, stdout, stderr = interrupt_when(command, reading_fifo, ROOT, timeout=300,
+                                              after_signal=lambda: close_writer(0.5))
     finally:
-        for fd in writer:
-            os.close(fd)
+        close_writer()
     assert code == 130, stderr
     assert stderr.strip().splitlines()[-1] == "prepare.py: interrupted"
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
