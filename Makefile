@@ -8,12 +8,14 @@ setup:
 demo: setup
 	$(PY) demo.py
 
+# Both Caffe variants: the other one builds in the background while the suite runs (see
+# scripts/run_tests.sh); tests/test_caffe_gpu.py runs last and waits for it.
 test: setup
-	$(PY) -m pytest -q -ra --durations=25
+	bash scripts/run_tests.sh -q -ra --durations=25
 
 # Both Caffe builds, CPU-only and CUDA (tests/test_caffe_gpu.py holds one against the other;
-# not part of `make test`: the CUDA build's cold time does not yet fit CI reliably);
-# setup links the one this machine uses, these record the other without re-linking.
+# `make test` builds them too); setup links the one this machine uses, these record the other
+# without re-linking.
 caffe-variants: setup
 	bash scripts/build_caffe.sh --cpu --no-link .venv
 	bash scripts/build_caffe.sh --cuda --no-link .venv

@@ -35,11 +35,17 @@ FIXTURE_MARKS = {"caffe": "caffe", "caffe_pb2": "caffe", "caffe_tools": "caffe",
                  "trained_small_run": "caffe", "fixtures_dir": "fixtures"}
 
 
+# Modules that run after all others: they need the Caffe variant `make test` builds in the
+# background while the rest runs (scripts/run_tests.sh).
+RUN_LAST = ("test_caffe_gpu.py", "test_caffe_variants.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for name in getattr(item, "fixturenames", ()):
             if name in FIXTURE_MARKS:
                 item.add_marker(FIXTURE_MARKS[name])
+    items.sort(key=lambda item: item.path.name in RUN_LAST)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
