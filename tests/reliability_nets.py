@@ -58,6 +58,9 @@ CASES = [
      "top blob 'pool1' produced by multiple sources", True),
     ("huge Input", [("dim: 2 dim: 3 dim: 8 dim: 8", "dim: 1000000000 dim: 3 dim: 32 dim: 32")],
      "more than Caffe's limit", True),
+    ("engine CUDNN", [('type: "ReLU" bottom: "conv1" top: "conv1" }',
+                       'type: "ReLU" bottom: "conv1" top: "conv1" relu_param { engine: CUDNN } }')],
+     "relu_param.engine CUDNN needs a Caffe built with cuDNN", True),
     ("dropout_ratio 2.0", [("dropout_ratio: 0.5", "dropout_ratio: 2.0")],
      "dropout_ratio must be in [0, 1)", False),
     ("Eltwise mismatch", [_before_fc7('layer { name: "sum" type: "Eltwise" bottom: "conv1" '

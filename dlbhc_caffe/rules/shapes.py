@@ -36,6 +36,14 @@ class UnknownShapeRule(ShapeError):
 
 _RULES = {}
 
+# The types Caffe's layer factory picks an engine for (SoftmaxWithLoss builds a Softmax from its
+# softmax_param). This project's builds have no cuDNN, so engine CUDNN is Caffe's LOG(FATAL)
+# "has unknown engine".
+ENGINE_PARAMS = {"Convolution": "convolution_param", "Pooling": "pooling_param",
+                 "LRN": "lrn_param", "ReLU": "relu_param", "Sigmoid": "sigmoid_param",
+                 "TanH": "tanh_param", "Softmax": "softmax_param",
+                 "SoftmaxWithLoss": "softmax_param"}
+
 
 def _rule(*types, bottoms=(1, 1), tops=(1, 1)):
     def register(function):
@@ -78,6 +86,7 @@ def layer_shapes(layer, bottoms):
     if entry is None:
         raise UnknownShapeRule(f"no engine-free shape rule for type '{layer.type}'")
     function, bottom_range, top_range = entry
+    _check_engine(layer)
     _counts("bottom", len(bottoms), *bottom_range)
     _counts("top", len(layer.top), *top_range)
     tops, params = function(layer, [tuple(int(d) for d in b) for b in bottoms])
@@ -87,6 +96,17 @@ def layer_shapes(layer, bottoms):
     for i, shape in enumerate(params):
         _check_blob(shape, f"param {i}")
     return tops, [tuple(int(d) for d in p) for p in params]
+
+
+def _check_engine(layer):
+    field = ENGINE_PARAMS.get(layer.type)
+    if field is None or not layer.HasField(field):
+        return
+    param = getattr(layer, field)
+    if param.engine not in (param.DEFAULT, param.CAFFE):
+        raise ShapeError(f"{field}.engine {param.Engine.Name(param.engine)} needs a Caffe built "
+                         f"with cuDNN (this project's builds have none): use engine CAFFE or "
+                         f"leave it out")
 
 
 def _check_blob(shape, what):
