@@ -105,7 +105,7 @@ def failures(results, allowed):
 @pytest.mark.slow
 def test_caffe_python_tests_pass_on_torch_backend(caffe_tests):
     report = run_suite(caffe_tests, [sys.executable, "-m", "dlbhc_caffe.pycaffe"])
-    assert report["caffe"] == "dlbhc_caffe.pycaffe"  # the runner bound `import caffe`
+    assert report["caffe"] == "dlbhc_caffe.backends.torch.pycaffe_api"  # bound by the runner
     assert len(report["results"]) == CAFFE_TEST_COUNT
     assert failures(report["results"], {}) == {}
 
