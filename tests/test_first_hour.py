@@ -34,8 +34,11 @@ def interrupt_when(command, ready, cwd, env=None, sig=signal.SIGINT, timeout=600
                    after_signal=None):
     """Start `command`, send `sig` once ready() is true (then call after_signal()), and return
     (exit code, stdout, stderr)."""
+    # As from a terminal: a run started in the background by a non-interactive shell (CI's,
+    # for one) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt at all.
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + timeout
         while not ready():
@@ -116,7 +119,7 @@ def test_ctrl_c_in_prepare_is_one_line_and_exit_130(tmp_path):
     and no dataset folder (written whole or not at all). One list entry is a FIFO: prepare blocks
     reading it, half-way through its records, until the signal comes, so no timing is involved.
     The writer end is closed after the signal: the kernel may hand SIGINT to one of prepare's
-    other threads, and then only the read's end (EOF) lets the main thread see it."""
+    other threads, and then only the read's end (EOF) lets the main thread act on it."""
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
