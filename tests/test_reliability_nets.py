@@ -137,7 +137,9 @@ def test_hdf5_output_is_refused_and_its_file_untouched(model_dir, backend, reque
     assert victim.read_text() == "keep me"
 
 
-def test_python_layer_is_refused_unless_named():
+def test_python_layer_is_refused_unless_named(tmp_path, monkeypatch):
+    (tmp_path / "evil.py").write_text("")  # a named module must be found on the path
+    monkeypatch.syspath_prepend(str(tmp_path))
     net = proto.parse_text(BASE + 'layer { name: "py" type: "Python" bottom: "fc7" top: "p" '
                            'python_param { module: "evil" layer: "L" } }',
                            proto.pb.NetParameter())
@@ -145,6 +147,14 @@ def test_python_layer_is_refused_unless_named():
                                         "module it names \\(module 'evil'\\)"):
         check_deploy(net, "n.prototxt")
     assert check_deploy(net, "n.prototxt", allow_layers=["py"]).undecided == [("py", "Python")]
+
+
+def test_a_named_python_layer_must_be_found():
+    net = proto.parse_text(BASE + 'layer { name: "py" type: "Python" bottom: "fc7" top: "p" '
+                           'python_param { module: "no_such_module_here" layer: "L" } }',
+                           proto.pb.NetParameter())
+    with pytest.raises(RuleError, match="python_param module 'no_such_module_here' is not found"):
+        check_deploy(net, "n.prototxt", allow_layers=["py"])
 
 
 @pytest.mark.caffe

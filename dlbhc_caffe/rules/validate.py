@@ -27,6 +27,7 @@ Traceback (most recent call last):
 ...
 dlbhc_caffe.rules.validate.RuleError: toy.prototxt: layer 'ip' (InnerProduct): unknown bottom blob 'z' (bottom index 0)
 """
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,15 +140,18 @@ def check_file_writers(net, source="<net>", allow=()):
             raise RuleError(f"{_culprit(source, layer)}: {FILE_WRITERS[layer.type]} "
                             f"('{layer.hdf5_output_param.file_name}'), and real Caffe runs it "
                             f"for one forward only (the next aborts): remove it to encode")
-        if layer.type in FILE_WRITERS and not {layer.name, layer.type} & allow:
-            target = ""
-            if layer.type == "HDF5Output":
-                target = f" ('{layer.hdf5_output_param.file_name}')"
-            elif layer.type == "Python":
-                target = f" (module '{layer.python_param.module}')"
-            raise RuleError(f"{_culprit(source, layer)}: {FILE_WRITERS[layer.type]}{target}; "
-                            f"refused for a net loaded to encode or search: remove the layer, "
-                            f"or allow it by name ({ALLOW_LAYER_FLAG} {layer.name})")
+        if layer.type != "Python":
+            continue
+        module = layer.python_param.module
+        if not {layer.name, layer.type} & allow:
+            raise RuleError(f"{_culprit(source, layer)}: {FILE_WRITERS[layer.type]} (module "
+                            f"'{module}'); refused for a net loaded to encode or search: remove "
+                            f"the layer, or allow it by name ({ALLOW_LAYER_FLAG} {layer.name})")
+        # found, not imported (that runs it): real Caffe reports a missing one only as a
+        # Boost.Python SystemError that names nothing
+        if not module or importlib.util.find_spec(module.split(".")[0]) is None:
+            raise RuleError(f"{_culprit(source, layer)}: python_param module '{module}' is not "
+                            f"found on the Python path (PYTHONPATH)")
 
 
 def check_deploy(net, source="<net>", allow_layers=()):

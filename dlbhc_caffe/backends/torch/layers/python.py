@@ -80,9 +80,7 @@ def _user_class(module_name, layer_name):
     with bound():
         module = importlib.import_module(module_name)
         cls = getattr(module, layer_name)
-        if isinstance(cls, type) and not issubclass(cls, PythonLayer) and \
-                getattr(module, "caffe", None) is not None and \
-                getattr(module.caffe, "Layer", None) is not PythonLayer:
+        if isinstance(cls, type) and not issubclass(cls, PythonLayer):
             cls = getattr(importlib.reload(module), layer_name)
     return cls
 
