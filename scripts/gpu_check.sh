@@ -42,7 +42,7 @@ case ${1:-} in
   --prepare) MODE=prepare ;;
   --dry-run) MODE=dry ;;
   "") ;;
-  *) die "usage: bash scripts/gpu_check.sh [--prepare | --dry-run]" ;;
+  *) echo "[gpu-check] ERROR: usage: bash scripts/gpu_check.sh [--prepare | --dry-run]" >&2; exit 2 ;;
 esac
 BUNDLE=${DLBHC_GPU_CHECK_BUNDLE:-$REPO/.gpu_check/bundle.tar.xz}
 WORK=${DLBHC_GPU_CHECK_WORK:-/tmp/dlbhc-gpu-check}
